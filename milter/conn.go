@@ -1,0 +1,150 @@
+package milter
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// ErrPacketTooLarge is returned when a milter announces a packet longer than
+// the configured limit. The length is checked before anything is allocated,
+// so a broken or hostile milter cannot make the gateway allocate gigabytes
+// (go-milter itself accepts up to 512 MiB and panics on a zero length).
+var ErrPacketTooLarge = errors.New("milter packet length out of range")
+
+// conn is the net.Conn that go-milter talks through. It does three things
+// the library cannot:
+//
+//   - Timeouts per stage. go-milter sets one fixed read deadline per packet;
+//     conn replaces every deadline it sets with now + the timeout of the
+//     stage in progress (command or content, as Postfix distinguishes), so a
+//     PROGRESS packet, which makes go-milter read again, restarts the timer.
+//   - Write coalescing. go-milter writes a packet's header and payload
+//     separately and a macro packet before each command; with TCP_NODELAY
+//     each would be its own segment. conn buffers writes and flushes them
+//     before it reads, which is when the milter must have them.
+//   - Frame checks. Every packet length the milter announces is checked
+//     against [1, maxPacket] before go-milter sees it.
+//
+// On TCP it also re-arms TCP_QUICKACK before each read: libmilter writes each
+// end-of-message modification as its own small packet, and without quick
+// ACKs the second one waits ~40 ms for the delayed ACK (shared/docs/peers.md).
+type conn struct {
+	net.Conn
+	r         *bufio.Reader
+	w         *bufio.Writer
+	timeout   atomic.Int64 // nanoseconds; the deadline for the current stage
+	maxPacket uint32
+	remaining uint32 // bytes left of the packet go-milter is reading
+	raw       syscall.RawConn
+}
+
+func newConn(c net.Conn, timeout time.Duration, maxPacket uint32) *conn {
+	mc := &conn{Conn: c, maxPacket: maxPacket}
+	mc.r = bufio.NewReaderSize(readerFunc(mc.readRaw), 16<<10)
+	mc.w = bufio.NewWriterSize(c, 64<<10+16)
+	mc.timeout.Store(int64(timeout))
+	if tc, ok := c.(*net.TCPConn); ok {
+		if raw, err := tc.SyscallConn(); err == nil {
+			mc.raw = raw
+		}
+	}
+	return mc
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+// setTimeout sets the timeout for the I/O of the stage that starts now.
+func (c *conn) setTimeout(d time.Duration) { c.timeout.Store(int64(d)) }
+
+func (c *conn) deadline() time.Time {
+	return time.Now().Add(time.Duration(c.timeout.Load()))
+}
+
+// SetReadDeadline and SetWriteDeadline are what go-milter calls around each
+// packet; a zero time (its reset) is passed through, anything else becomes
+// the current stage's deadline.
+func (c *conn) SetReadDeadline(t time.Time) error {
+	if t.IsZero() {
+		return c.Conn.SetReadDeadline(t)
+	}
+	return c.Conn.SetReadDeadline(c.deadline())
+}
+
+func (c *conn) SetWriteDeadline(time.Time) error { return nil }
+
+func (c *conn) Write(p []byte) (int, error) {
+	if len(p) > c.w.Available() {
+		// The buffer will spill to the socket now: bound that write too.
+		if err := c.Conn.SetWriteDeadline(c.deadline()); err != nil {
+			return 0, err
+		}
+	}
+	return c.w.Write(p)
+}
+
+func (c *conn) flush() error {
+	if c.w.Buffered() == 0 {
+		return nil
+	}
+	if err := c.Conn.SetWriteDeadline(c.deadline()); err != nil {
+		return err
+	}
+	err := c.w.Flush()
+	_ = c.Conn.SetWriteDeadline(time.Time{})
+	return err
+}
+
+// Read hands go-milter at most the rest of the current packet, so that the
+// next 4 bytes it asks for are always a length that Read can check first.
+func (c *conn) Read(p []byte) (int, error) {
+	if err := c.flush(); err != nil {
+		return 0, err
+	}
+	if c.remaining == 0 {
+		hdr, err := c.r.Peek(4)
+		if err != nil {
+			return 0, err
+		}
+		n := binary.BigEndian.Uint32(hdr)
+		if n == 0 || n > c.maxPacket {
+			return 0, fmt.Errorf("%w: %d bytes announced, limit %d", ErrPacketTooLarge, n, c.maxPacket)
+		}
+		c.remaining = 4 + n
+	}
+	if uint32(len(p)) > c.remaining {
+		p = p[:c.remaining]
+	}
+	n, err := c.r.Read(p)
+	c.remaining -= uint32(n)
+	return n, err
+}
+
+func (c *conn) readRaw(p []byte) (int, error) {
+	if c.raw != nil {
+		_ = c.raw.Control(func(fd uintptr) {
+			_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpQuickAck, 1)
+		})
+	}
+	return c.Conn.Read(p)
+}
+
+// tcpQuickAck is TCP_QUICKACK from linux/tcp.h; the syscall package does not name it.
+const tcpQuickAck = 0xc
+
+// Close sends what is still buffered (QUIT, ABORT) before closing.
+func (c *conn) Close() error {
+	ferr := c.flush()
+	cerr := c.Conn.Close()
+	if ferr != nil && !errors.Is(ferr, net.ErrClosed) {
+		return ferr
+	}
+	return cerr
+}
