@@ -100,31 +100,35 @@ func answer(f func() (*djmilter.Response, error)) (*djmilter.Response, error) {
 	return f()
 }
 
-func (b *backend) lock() func() { b.srv.mu.Lock(); return b.srv.mu.Unlock }
+// record updates what was seen under the lock; scripts run without it, so
+// that a script that blocks holds up only its own connection.
+func (b *backend) record(f func()) {
+	b.srv.mu.Lock()
+	f()
+	b.srv.mu.Unlock()
+}
 
 func (b *backend) NewConnection(djmilter.Modifier) error { return nil }
 func (b *backend) Connect(host, family string, port uint16, addr string, _ djmilter.Modifier) (*djmilter.Response, error) {
-	defer b.lock()()
-	b.s.Host, b.s.Family, b.s.Port, b.s.Addr = host, family, port, addr
+	b.record(func() { b.s.Host, b.s.Family, b.s.Port, b.s.Addr = host, family, port, addr })
 	return answer(b.script.Connect)
 }
 func (b *backend) Helo(name string, _ djmilter.Modifier) (*djmilter.Response, error) {
-	defer b.lock()()
-	b.s.Helo = name
+	b.record(func() { b.s.Helo = name })
 	return answer(b.script.Helo)
 }
 func (b *backend) MailFrom(from, args string, _ djmilter.Modifier) (*djmilter.Response, error) {
-	defer b.lock()()
-	b.s.From, b.s.FromArgs = from, args
+	b.record(func() { b.s.From, b.s.FromArgs = from, args })
 	if b.script.Mail == nil {
 		return djmilter.RespContinue, nil
 	}
 	return b.script.Mail(from)
 }
 func (b *backend) RcptTo(rcpt, args string, _ djmilter.Modifier) (*djmilter.Response, error) {
-	defer b.lock()()
-	b.s.Rcpts = append(b.s.Rcpts, rcpt)
-	b.s.RcptArgs = append(b.s.RcptArgs, args)
+	b.record(func() {
+		b.s.Rcpts = append(b.s.Rcpts, rcpt)
+		b.s.RcptArgs = append(b.s.RcptArgs, args)
+	})
 	if b.script.Rcpt == nil {
 		return djmilter.RespContinue, nil
 	}
@@ -132,14 +136,12 @@ func (b *backend) RcptTo(rcpt, args string, _ djmilter.Modifier) (*djmilter.Resp
 }
 func (b *backend) Data(djmilter.Modifier) (*djmilter.Response, error) { return answer(b.script.Data) }
 func (b *backend) Header(name, value string, _ djmilter.Modifier) (*djmilter.Response, error) {
-	defer b.lock()()
-	b.s.Headers = append(b.s.Headers, [2]string{name, value})
+	b.record(func() { b.s.Headers = append(b.s.Headers, [2]string{name, value}) })
 	return answer(b.script.Header)
 }
 func (b *backend) Headers(djmilter.Modifier) (*djmilter.Response, error) { return answer(b.script.EOH) }
 func (b *backend) BodyChunk(chunk []byte, _ djmilter.Modifier) (*djmilter.Response, error) {
-	defer b.lock()()
-	b.s.Body = append(b.s.Body, chunk...)
+	b.record(func() { b.s.Body = append(b.s.Body, chunk...) })
 	return answer(b.script.Body)
 }
 func (b *backend) EndOfMessage(m djmilter.Modifier) (*djmilter.Response, error) {
@@ -158,8 +160,7 @@ func (b *backend) EndOfMessage(m djmilter.Modifier) (*djmilter.Response, error) 
 	return b.script.EOM(m)
 }
 func (b *backend) Abort(djmilter.Modifier) error {
-	defer b.lock()()
-	b.s.Aborts++
+	b.record(func() { b.s.Aborts++ })
 	return nil
 }
 func (b *backend) Unknown(string, djmilter.Modifier) (*djmilter.Response, error) {

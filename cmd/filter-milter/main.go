@@ -1,0 +1,106 @@
+// Command filter-milter lets OpenSMTPD use milters (opendkim, rspamd,
+// clamav-milter, ...). smtpd starts it as a filter process:
+//
+//	filter "milter" proc-exec "/usr/local/bin/filter-milter -milter inet:127.0.0.1:8891"
+//	listen on 0.0.0.0 port 25 filter "milter"
+//
+// It speaks smtpd's filter protocol on stdin and stdout and the milter
+// protocol to each milter. Logs go to stderr, which smtpd copies into its
+// own log; stdout carries nothing but protocol lines.
+package main
+
+import (
+	"flag"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/filter-milter/filter-milter/gateway"
+	"github.com/filter-milter/filter-milter/milter"
+)
+
+type specList []string
+
+func (l *specList) String() string     { return strings.Join(*l, ",") }
+func (l *specList) Set(s string) error { *l = append(*l, s); return nil }
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("filter-milter", flag.ContinueOnError)
+	var specs specList
+	fs.Var(&specs, "milter", "milter socket: unix:/path, inet:host:port, inet:port@host, inet6:[addr]:port (repeat for several milters, in order)")
+	defaultAction := fs.String("default-action", "tempfail", "what a session gets when a milter fails or times out: tempfail, accept or reject")
+	connectTimeout := fs.Duration("connect-timeout", milter.DefaultOptions.ConnectTimeout, "time to connect to a milter and negotiate")
+	commandTimeout := fs.Duration("command-timeout", milter.DefaultOptions.CommandTimeout, "time a milter has to answer CONNECT, HELO, MAIL, RCPT and DATA")
+	contentTimeout := fs.Duration("content-timeout", milter.DefaultOptions.ContentTimeout, "time a milter has to answer each header, body chunk and end of message")
+	hostname := fs.String("hostname", "", "the j macro (MTA host name); default: smtpd's own name")
+	daemonName := fs.String("daemon-name", "", "the {daemon_name} macro; default: the host name")
+	level := zap.LevelFlag("log-level", zapcore.InfoLevel, "log level: debug, info, warn or error")
+	fs.SetOutput(os.Stderr)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	log := newLogger(*level)
+	defer func() { _ = log.Sync() }()
+
+	if fs.NArg() > 0 {
+		log.Error("unexpected arguments", zap.Strings("args", fs.Args()))
+		return 2
+	}
+	if len(specs) == 0 {
+		log.Error("no milter configured: give at least one -milter SPEC")
+		return 2
+	}
+	action, err := gateway.ParseAction(*defaultAction)
+	if err != nil {
+		log.Error("bad -default-action", zap.Error(err))
+		return 2
+	}
+	opts := milter.DefaultOptions
+	opts.ConnectTimeout, opts.CommandTimeout, opts.ContentTimeout = *connectTimeout, *commandTimeout, *contentTimeout
+	var clients []*milter.Client
+	for _, s := range specs {
+		spec, err := milter.ParseSpec(s)
+		if err != nil {
+			log.Error("bad -milter", zap.Error(err))
+			return 2
+		}
+		clients = append(clients, milter.NewClient(s, spec, opts))
+	}
+
+	// A write to a closed stdout must be an error we can log, not a
+	// SIGPIPE that kills the process silently.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+
+	g := gateway.New(gateway.Config{
+		Milters:       clients,
+		DefaultAction: action,
+		Hostname:      *hostname,
+		DaemonName:    *daemonName,
+		Log:           log,
+	})
+	if err := g.Run(os.Stdin, os.Stdout); err != nil {
+		log.Error("stopping", zap.Error(err))
+		return 1
+	}
+	log.Info("smtpd closed the filter pipe; exiting")
+	return 0
+}
+
+// newLogger logs to stderr, one line per entry, without colour: smtpd
+// copies each line into its log prefixed with the filter's name.
+func newLogger(level zapcore.Level) *zap.Logger {
+	enc := zap.NewProductionEncoderConfig()
+	enc.TimeKey = "" // smtpd and syslog stamp the time
+	enc.EncodeLevel = zapcore.LowercaseLevelEncoder
+	enc.ConsoleSeparator = " "
+	core := zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.Lock(os.Stderr), level)
+	return zap.New(core)
+}

@@ -1,0 +1,200 @@
+// Package gateway turns OpenSMTPD's filter protocol into milter sessions:
+// one milter session per SMTP session, reports into macros, filter
+// requests into milter commands, the data lines into headers, body and end
+// of message, and the milters' verdicts and changes back into
+// filter-result and filter-dataline lines.
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+
+	"github.com/filter-milter/filter-milter/compat"
+	"github.com/filter-milter/filter-milter/milter"
+	"github.com/filter-milter/filter-milter/protocol"
+)
+
+// Config is what the gateway needs to run.
+type Config struct {
+	Milters       []*milter.Client // in the order each message goes through them
+	DefaultAction Action           // when a milter fails
+	Hostname      string           // the j macro; default smtpd's admd/greeting name
+	DaemonName    string           // the {daemon_name} macro; default the j macro
+	Log           *zap.Logger
+}
+
+// Gateway serves one smtpd: it reads smtpd's lines, runs a session per
+// SMTP session and writes the answers.
+type Gateway struct {
+	cfg Config
+	log *zap.Logger
+	out *writer
+
+	sessions     map[string]*session // owned by the reading goroutine
+	wg           sync.WaitGroup
+	live         atomic.Int64 // sessions whose goroutine still runs
+	smtpdVersion string
+	admd         string
+	protocolVer  compat.Version
+
+	unknownOnce sync.Map // phases and events logged once
+}
+
+// New prepares a gateway.
+func New(cfg Config) *Gateway {
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	return &Gateway{cfg: cfg, log: cfg.Log, sessions: make(map[string]*session)}
+}
+
+// Subscriptions are the reports and filter phases the gateway registers:
+// only what feeds milter macros and session life. Every registered phase
+// costs a round trip through smtpd's lookup process for every session.
+var (
+	reportEvents = []string{"link-connect", "link-greeting", "link-tls", "link-auth", "link-disconnect",
+		"tx-begin", "tx-reset", "tx-rollback", "protocol-client"}
+	filterPhases = []string{"connect", "helo", "ehlo", "mail-from", "rcpt-to", "data", "data-line", "commit"}
+)
+
+// ErrStdout reports that smtpd's end of the pipe is gone for writing.
+var ErrStdout = errors.New("cannot write to smtpd")
+
+// Run serves smtpd until in ends. It returns nil when smtpd closed the
+// pipe (smtpd is shutting down), or an error when answers can no longer be
+// written. Run never returns because of bad input: a malformed line is
+// logged and skipped.
+func (g *Gateway) Run(in io.Reader, out io.Writer) error {
+	g.out = newWriter(out)
+	rd := protocol.NewReader(in, 0)
+	if err := g.handshake(rd); err != nil {
+		return g.stop(err)
+	}
+	for {
+		line, err := rd.ReadLine()
+		if err != nil {
+			if errors.Is(err, protocol.ErrLineTooLong) {
+				g.log.Error("ignoring a line over the length limit", zap.Error(err))
+				continue
+			}
+			if errors.Is(err, io.EOF) {
+				err = nil
+			}
+			return g.stop(err)
+		}
+		if g.out.failed() {
+			return g.stop(nil)
+		}
+		ev, err := protocol.Parse(line)
+		if err != nil {
+			g.log.Error("ignoring malformed line from smtpd", zap.Error(err))
+			continue
+		}
+		switch e := ev.(type) {
+		case protocol.Report:
+			g.dispatch(e.Session, e, e.Event == "link-disconnect")
+		case protocol.Request:
+			g.dispatch(e.Session, e, false)
+		case protocol.Config:
+			// Configuration after the handshake carries nothing we use.
+		}
+	}
+}
+
+// handshake reads smtpd's configuration and registers.
+func (g *Gateway) handshake(rd *protocol.Reader) error {
+	for {
+		line, err := rd.ReadLine()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+		ev, err := protocol.Parse(line)
+		if err != nil {
+			g.log.Error("ignoring malformed line from smtpd", zap.Error(err))
+			continue
+		}
+		c, ok := ev.(protocol.Config)
+		if !ok {
+			return fmt.Errorf("smtpd sent %T before config|ready", ev)
+		}
+		switch c.Key {
+		case "smtpd-version":
+			g.smtpdVersion = c.Value
+		case "admd":
+			g.admd = c.Value
+		case "protocol":
+			if v, err := compat.ParseVersion(c.Value); err == nil {
+				g.protocolVer = v
+				if !compat.Known(v) {
+					g.log.Warn("unknown filter protocol version; using the newest layout known",
+						zap.Stringer("version", v), zap.Stringer("newest", compat.Newest))
+				}
+			}
+		case "ready":
+			g.register()
+			g.log.Info("registered with smtpd", zap.String("smtpd_version", g.smtpdVersion),
+				zap.Int("milters", len(g.cfg.Milters)))
+			return nil
+		}
+	}
+}
+
+func (g *Gateway) register() {
+	var b []byte
+	for _, ev := range reportEvents {
+		b = protocol.AppendRegister(b, "report", "smtp-in", ev)
+	}
+	for _, ph := range filterPhases {
+		b = protocol.AppendRegister(b, "filter", "smtp-in", ph)
+	}
+	g.out.send(protocol.AppendRegisterReady(b))
+}
+
+func (g *Gateway) dispatch(id string, ev any, last bool) {
+	s := g.sessions[id]
+	if s == nil {
+		s = g.newSession(id)
+		g.sessions[id] = s
+		g.live.Add(1)
+	}
+	s.q.push(ev)
+	if last {
+		delete(g.sessions, id)
+	}
+}
+
+func (g *Gateway) sessionGone() { g.live.Add(-1) }
+
+// Sessions is the number of sessions still running, for tests and metrics.
+func (g *Gateway) Sessions() int { return int(g.live.Load()) }
+
+// stop ends every session, waits for them and flushes the answers.
+func (g *Gateway) stop(err error) error {
+	for id, s := range g.sessions {
+		s.q.push(shutdown{})
+		delete(g.sessions, id)
+	}
+	g.wg.Wait()
+	werr := g.out.close()
+	if err != nil {
+		return err
+	}
+	if werr != nil {
+		return fmt.Errorf("%w: %v", ErrStdout, werr)
+	}
+	return nil
+}
+
+func (g *Gateway) unknownPhase(phase string) {
+	if _, seen := g.unknownOnce.LoadOrStore(phase, true); !seen {
+		g.log.Warn("unexpected filter phase; answering proceed", zap.String("phase", phase))
+	}
+}

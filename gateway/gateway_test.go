@@ -1,0 +1,367 @@
+package gateway
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	djmilter "github.com/d--j/go-milter"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/filter-milter/filter-milter/milter"
+	"github.com/filter-milter/filter-milter/milter/miltertest"
+)
+
+// pipe runs a gateway on in-memory pipes, playing smtpd.
+type pipe struct {
+	t    *testing.T
+	g    *Gateway
+	in   *io.PipeWriter
+	out  *bufio.Reader
+	done chan error
+}
+
+func startGateway(t *testing.T, action Action, specs ...string) *pipe {
+	t.Helper()
+	var clients []*milter.Client
+	for _, s := range specs {
+		sp, err := milter.ParseSpec(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts := milter.DefaultOptions
+		opts.ConnectTimeout, opts.CommandTimeout, opts.ContentTimeout = 2*time.Second, 2*time.Second, 2*time.Second
+		clients = append(clients, milter.NewClient(s, sp, opts))
+	}
+	g := New(Config{Milters: clients, DefaultAction: action, Log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	p := &pipe{t: t, g: g, in: inW, out: bufio.NewReaderSize(outR, 1<<20), done: make(chan error, 1)}
+	go func() { p.done <- g.Run(inR, outW); _ = outW.Close() }()
+	t.Cleanup(func() {
+		_ = inW.Close()
+		go func() { _, _ = io.Copy(io.Discard, outR) }()
+		select {
+		case err := <-p.done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("gateway did not stop after stdin closed")
+		}
+	})
+	return p
+}
+
+func (p *pipe) send(lines ...string) {
+	p.t.Helper()
+	for _, l := range lines {
+		if _, err := io.WriteString(p.in, l+"\n"); err != nil {
+			p.t.Fatal(err)
+		}
+	}
+}
+
+func (p *pipe) read() string {
+	p.t.Helper()
+	type res struct {
+		s   string
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() { s, err := p.out.ReadString('\n'); ch <- res{s, err} }()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			p.t.Fatalf("reading the gateway's output: %v", r.err)
+		}
+		return strings.TrimSuffix(r.s, "\n")
+	case <-time.After(5 * time.Second):
+		p.t.Fatal("no output from the gateway within 5s")
+	}
+	return ""
+}
+
+func (p *pipe) expect(want ...string) {
+	p.t.Helper()
+	for _, w := range want {
+		if got := p.read(); got != w {
+			p.t.Fatalf("gateway wrote\n  %q\nwant\n  %q", got, w)
+		}
+	}
+}
+
+func (p *pipe) handshake() {
+	p.t.Helper()
+	p.send("config|smtpd-version|6.8.0p2", "config|smtp-session-timeout|300", "config|subsystem|smtp-in",
+		"config|admd|mx.test.example", "config|ready")
+	for {
+		l := p.read()
+		if l == "register|ready" {
+			return
+		}
+		if !strings.HasPrefix(l, "register|") {
+			p.t.Fatalf("unexpected line during handshake: %q", l)
+		}
+	}
+}
+
+const (
+	sid = "cda4ad7207385219"
+	tok = "e4c8847d2b7a625b"
+)
+
+func rep(event string, fields ...string) string {
+	return strings.Join(append([]string{"report|0.6|1795504415.685235|smtp-in|" + event + "|" + sid}, fields...), "|")
+}
+
+func req(phase, param string) string {
+	return "filter|0.6|1795504415.685300|smtp-in|" + phase + "|" + sid + "|" + tok + "|" + param
+}
+
+func result(decision string) string { return "filter-result|" + sid + "|" + tok + "|" + decision }
+
+func dataline(l string) string { return "filter-dataline|" + sid + "|" + tok + "|" + l }
+
+// openSession plays smtpd from connect to the data phase.
+func (p *pipe) openSession(rcpts ...string) {
+	p.t.Helper()
+	p.send(rep("link-connect", "localhost", "pass", "127.0.0.1:47092", "127.0.0.1:2525"), req("connect", "localhost|127.0.0.1"))
+	p.expect(result("proceed"))
+	p.send(rep("link-greeting", "mx.test.example"), rep("protocol-client", "ehlo client.example"), req("ehlo", "client.example"))
+	p.expect(result("proceed"))
+	p.send(rep("protocol-client", "MAIL FROM:<a@test.example> SIZE=100"), req("mail-from", "a@test.example"))
+	p.expect(result("proceed"))
+	p.send(rep("tx-begin", "2a4946c4"))
+	for _, r := range rcpts {
+		p.send(rep("protocol-client", "RCPT TO:<"+r+">"), req("rcpt-to", r))
+		p.expect(result("proceed"))
+	}
+}
+
+var tricky = []string{
+	"Received: from client.example (localhost [127.0.0.1])",
+	"\tby vm (OpenSMTPD) with ESMTP id 2a4946c4;",
+	"\tTue, 24 Nov 2026 07:22:03 +0000 (UTC)",
+	"From: a@test.example",
+	"To: b@test.example",
+	"Subject: test|pipe",
+	"X-Folded: one",
+	"  two\t",
+	"X-No-Space:value",
+	"",
+	"..leading dot",
+	"...two dots",
+	"..",
+	"a|b|c",
+	"",
+	"   spaces   ",
+	"8bit \xc3\xa9\xff\x80",
+	strings.Repeat("L", 3000),
+	"last line\r",
+}
+
+func (p *pipe) sendMessage(lines []string) {
+	p.t.Helper()
+	p.send(req("data", ""))
+	p.expect(result("proceed"))
+	for _, l := range lines {
+		p.send(req("data-line", l))
+	}
+	p.send(req("data-line", "."))
+}
+
+func TestPassthroughIsByteExact(t *testing.T) {
+	srv := miltertest.Start(t, miltertest.Script{})
+	p := startGateway(t, Tempfail, srv.Spec)
+	p.handshake()
+	p.openSession("b@test.example")
+	p.sendMessage(tricky)
+	for _, l := range tricky {
+		p.expect(dataline(l))
+	}
+	p.expect(dataline("."))
+	p.send(rep("protocol-client", "."), req("commit", ""))
+	p.expect(result("proceed"))
+	p.send(rep("tx-commit", "2a4946c4", "2471"), rep("tx-reset", "2a4946c4"), rep("link-disconnect"))
+
+	seen := srv.Seen()[0]
+	wantHeaders := [][2]string{
+		{"Received", "from client.example (localhost [127.0.0.1])\n\tby vm (OpenSMTPD) with ESMTP id 2a4946c4;\n\tTue, 24 Nov 2026 07:22:03 +0000 (UTC)"},
+		{"From", "a@test.example"}, {"To", "b@test.example"}, {"Subject", "test|pipe"},
+		{"X-Folded", "one\n  two\t"}, {"X-No-Space", "value"},
+	}
+	if fmt.Sprint(seen.Headers) != fmt.Sprint(wantHeaders) {
+		t.Errorf("milter saw headers\n%q\nwant\n%q", seen.Headers, wantHeaders)
+	}
+	wantBody := ".leading dot\r\n..two dots\r\n.\r\na|b|c\r\n\r\n   spaces   \r\n8bit \xc3\xa9\xff\x80\r\n" +
+		strings.Repeat("L", 3000) + "\r\nlast line\r\r\n"
+	if string(seen.Body) != wantBody {
+		t.Errorf("milter saw body\n%q\nwant\n%q", seen.Body, wantBody)
+	}
+	if seen.From != "a@test.example" || seen.FromArgs != "SIZE=100" || seen.Host != "localhost" || seen.Port != 47092 {
+		t.Errorf("envelope seen: %+v", seen)
+	}
+	if seen.Macros["i"] != "2a4946c4" || seen.Macros["j"] != "mx.test.example" || seen.Macros["client_addr"] != "127.0.0.1" {
+		t.Errorf("macros seen at end of message: %v", seen.Macros)
+	}
+	waitSessions(t, p.g, 0)
+}
+
+func waitSessions(t *testing.T, g *Gateway, n int) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for g.Sessions() != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions still live, want %d", g.Sessions(), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestHeaderChangesAreApplied(t *testing.T) {
+	srv := miltertest.Start(t, miltertest.Script{
+		EOM: func(m djmilter.Modifier) (*djmilter.Response, error) {
+			_ = m.InsertHeader(0, "DKIM-Signature", "v=1; a=rsa-sha256;\n\tb=abc")
+			_ = m.AddHeader("X-Added", "yes")
+			_ = m.ChangeHeader(1, "Subject", "changed")
+			_ = m.ChangeHeader(1, "X-Folded", "") // delete
+			return djmilter.RespAccept, nil
+		},
+	})
+	p := startGateway(t, Tempfail, srv.Spec)
+	p.handshake()
+	p.openSession("b@test.example")
+	p.sendMessage(tricky)
+	want := []string{
+		"DKIM-Signature: v=1; a=rsa-sha256;", "\tb=abc",
+		tricky[0], tricky[1], tricky[2], tricky[3], tricky[4],
+		"Subject: changed",
+		"X-No-Space:value",
+		"X-Added: yes",
+	}
+	want = append(want, tricky[9:]...)
+	for _, l := range want {
+		p.expect(dataline(l))
+	}
+	p.expect(dataline("."))
+	p.send(req("commit", ""))
+	p.expect(result("proceed"))
+}
+
+func TestReplacedBodyIsStuffed(t *testing.T) {
+	srv := miltertest.Start(t, miltertest.Script{
+		EOM: func(m djmilter.Modifier) (*djmilter.Response, error) {
+			_ = m.ReplaceBodyRawChunk([]byte("new body\r\n.dot\r\n"))
+			_ = m.ReplaceBodyRawChunk([]byte(".\r\nend\r\n"))
+			return djmilter.RespContinue, nil
+		},
+	})
+	p := startGateway(t, Tempfail, srv.Spec)
+	p.handshake()
+	p.openSession("b@test.example")
+	p.sendMessage([]string{"Subject: x", "", "old"})
+	p.expect(dataline("Subject: x"), dataline(""), dataline("new body"), dataline("..dot"), dataline(".."), dataline("end"), dataline("."))
+	p.send(req("commit", ""))
+	p.expect(result("proceed"))
+}
+
+func TestRejections(t *testing.T) {
+	srv := miltertest.Start(t, miltertest.Script{
+		Rcpt: func(rcpt string) (*djmilter.Response, error) {
+			if strings.HasPrefix(rcpt, "rcpt-reject@") {
+				return djmilter.RejectWithCodeAndReason(550, "5.7.1 recipient rejected")
+			}
+			return djmilter.RespContinue, nil
+		},
+		EOM: func(djmilter.Modifier) (*djmilter.Response, error) {
+			return djmilter.RejectWithCodeAndReason(554, "5.7.1 message rejected\nsecond line")
+		},
+	})
+	p := startGateway(t, Tempfail, srv.Spec)
+	p.handshake()
+	p.openSession("b@test.example")
+	p.send(req("rcpt-to", "rcpt-reject@test.example"))
+	p.expect(result("reject|550 5.7.1 recipient rejected"))
+	p.sendMessage([]string{"Subject: x", "", "body"})
+	// A refused message still goes back whole: smtpd needs the "." to
+	// reach commit, where the refusal rolls it back.
+	p.expect(dataline("Subject: x"), dataline(""), dataline("body"), dataline("."))
+	p.send(req("commit", ""))
+	p.expect(result("reject|554 5.7.1 message rejected second line"))
+}
+
+func TestUnreachableMilterGetsTheDefaultAction(t *testing.T) {
+	for _, c := range []struct {
+		action Action
+		want   string
+	}{
+		{Tempfail, "reject|451 4.7.1 Service unavailable - try again later"},
+		{Reject, "reject|550 5.7.1 Command rejected"},
+		{Accept, "proceed"},
+	} {
+		t.Run(c.action.String(), func(t *testing.T) {
+			p := startGateway(t, c.action, "inet:127.0.0.1:1") // nothing listens on port 1
+			p.handshake()
+			p.send(rep("link-connect", "localhost", "pass", "127.0.0.1:47092", "127.0.0.1:2525"), req("connect", "localhost|127.0.0.1"))
+			p.expect(result(c.want))
+			// The answer sticks for the session, as Postfix's default reply does.
+			p.send(req("ehlo", "client.example"))
+			p.expect(result(c.want))
+		})
+	}
+}
+
+func TestProtocol04AnswersTokenFirst(t *testing.T) {
+	srv := miltertest.Start(t, miltertest.Script{})
+	p := startGateway(t, Tempfail, srv.Spec)
+	p.handshake()
+	p.send("filter|0.4|1795504415.685300|smtp-in|connect|" + sid + "|" + tok + "|localhost|127.0.0.1")
+	p.expect("filter-result|" + tok + "|" + sid + "|proceed")
+}
+
+func TestMalformedLinesAreSkipped(t *testing.T) {
+	srv := miltertest.Start(t, miltertest.Script{})
+	p := startGateway(t, Tempfail, srv.Spec)
+	p.handshake()
+	p.send("garbage", "report|0.6", "filter|x.y|1|smtp-in|connect|"+sid+"|"+tok+"|a|b")
+	p.openSession("b@test.example")
+}
+
+func TestSessionsAnswerOutOfOrder(t *testing.T) {
+	// The milter holds the first session's HELO until the second session
+	// has been answered: one slow milter conversation must not hold up
+	// another session.
+	release := make(chan struct{})
+	var helos atomic.Int32
+	slow := miltertest.Start(t, miltertest.Script{
+		Helo: func() (*djmilter.Response, error) {
+			if helos.Add(1) == 1 {
+				<-release
+			}
+			return djmilter.RespContinue, nil
+		},
+	})
+	p := startGateway(t, Tempfail, slow.Spec)
+	p.handshake()
+	s1, s2 := "1111111111111111", "2222222222222222"
+	line := func(s, phase, param string) string {
+		return "filter|0.6|1795504415.685300|smtp-in|" + phase + "|" + s + "|" + tok + "|" + param
+	}
+	p.send(line(s1, "connect", "localhost|127.0.0.1"), line(s2, "connect", "localhost|127.0.0.1"))
+	got := map[string]bool{p.read(): true, p.read(): true}
+	if !got["filter-result|"+s1+"|"+tok+"|proceed"] || !got["filter-result|"+s2+"|"+tok+"|proceed"] {
+		t.Fatalf("connect answers: %v", got)
+	}
+	p.send(line(s1, "helo", "slow.example"))
+	time.Sleep(100 * time.Millisecond) // s1's HELO reaches the milter first
+	p.send(line(s2, "helo", "fast.example"))
+	p.expect("filter-result|" + s2 + "|" + tok + "|proceed")
+	close(release)
+	p.expect("filter-result|" + s1 + "|" + tok + "|proceed")
+}

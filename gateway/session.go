@@ -1,0 +1,612 @@
+package gateway
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/filter-milter/filter-milter/compat"
+	"github.com/filter-milter/filter-milter/milter"
+	"github.com/filter-milter/filter-milter/protocol"
+)
+
+// session is one SMTP session of smtpd and its milter sessions. All of its
+// state is owned by one goroutine, which takes the session's reports and
+// requests from its queue in the order smtpd sent them; sessions run side
+// by side and answer in whatever order their milters allow.
+type session struct {
+	g      *Gateway
+	id     string
+	log    *zap.Logger
+	q      *queue
+	layout compat.Layout
+	macros *milter.Macros
+
+	milters []*milter.Session // in configured order; nil once a milter is out of the session
+	opened  bool
+	failed  bool // a panic was recovered: milters dropped, default action applies
+
+	client      protocol.Endpoint
+	rdns        string
+	fcrdns      string
+	lastCommand string  // the last SMTP command line the client sent (protocol-client)
+	sticky      *answer // a connection-scoped answer: every later request gets it
+
+	// The transaction in progress.
+	msg         *message
+	passthrough bool   // no milter wants the message: echo data lines at once
+	commit      answer // the answer for commit, decided at end of data
+	discard     bool
+	answered    bool // the request being handled has been answered
+
+	chunk []byte // reused body chunk buffer
+}
+
+func (g *Gateway) newSession(id string) *session {
+	s := &session{
+		g:      g,
+		id:     id,
+		log:    g.log.With(zap.String("session", id)),
+		q:      newQueue(),
+		layout: compat.For(compat.Newest),
+		macros: milter.NewMacros(),
+		commit: proceed,
+	}
+	g.wg.Add(1)
+	go s.run()
+	return s
+}
+
+// shutdown tells a session that smtpd is gone (stdin closed).
+type shutdown struct{}
+
+func (s *session) run() {
+	defer s.g.wg.Done()
+	defer s.g.sessionGone()
+	for {
+		if s.handle(s.q.pop()) {
+			return
+		}
+	}
+}
+
+// handle processes one event and reports whether the session is over. A
+// panic anywhere below is contained here: the session answers with the
+// default action and every other session goes on.
+func (s *session) handle(ev any) (done bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("internal error; session gets the default action",
+				zap.Any("panic", r), zap.Stack("stack"))
+			done = s.recoverFrom(ev)
+		}
+	}()
+	switch e := ev.(type) {
+	case protocol.Request:
+		s.request(e)
+	case protocol.Report:
+		return s.report(e)
+	case shutdown:
+		s.closeMilters()
+		return true
+	}
+	return false
+}
+
+func (s *session) recoverFrom(ev any) bool {
+	s.failed = true
+	for i, m := range s.milters {
+		if m != nil {
+			_ = m.Close()
+			s.milters[i] = nil
+		}
+	}
+	failure := s.g.cfg.DefaultAction.failure()
+	if failure.decision != protocol.Proceed {
+		s.sticky = &failure
+	}
+	switch e := ev.(type) {
+	case protocol.Request:
+		if e.Phase == "data-line" {
+			if e.Param != "." && s.msg != nil && !s.passthrough {
+				// Give back what was buffered; the rest is echoed as it comes.
+				out := make([]byte, 0, 64<<10)
+				s.msg.emitOriginal(func(line []byte) { out = protocol.AppendDataLine(out, s.layout, s.id, e.Token, line) })
+				s.g.out.send(out)
+				s.passthrough = true
+				s.commit = failure
+			}
+			if e.Param == "." && s.msg != nil {
+				// Nothing of the message was written back yet: it goes back
+				// unchanged, and commit gets the default action.
+				s.commit = failure
+				s.finishData(e.Token, false)
+			}
+			return false
+		}
+		if !s.answered {
+			s.send(e, failure)
+		}
+	case protocol.Report:
+		return e.Event == "link-disconnect"
+	case shutdown:
+		return true
+	}
+	return false
+}
+
+func (s *session) request(r protocol.Request) {
+	s.layout = compat.For(r.Version)
+	s.answered = false
+	switch r.Phase {
+	case "data-line":
+		s.dataLine(r)
+		return
+	case "commit":
+		a := s.commit
+		if s.discard {
+			a = answer{protocol.Reject, replyDiscard}
+		}
+		s.logMessage(a)
+		s.send(r, a)
+		return
+	}
+	if s.sticky != nil {
+		s.send(r, *s.sticky)
+		return
+	}
+	var a answer
+	switch r.Phase {
+	case "connect":
+		a = s.connect(r)
+	case "helo", "ehlo":
+		a = s.each(r.Phase, true, func(m *milter.Session) (milter.Verdict, error) { return m.Helo(r.Param) })
+	case "mail-from":
+		a = s.mail(r)
+	case "rcpt-to":
+		a = s.rcpt(r)
+	case "data":
+		a = s.data()
+	default:
+		s.g.unknownPhase(r.Phase)
+		a = proceed
+	}
+	s.send(r, a)
+}
+
+// send answers a filter request.
+func (s *session) send(r protocol.Request, a answer) {
+	line, err := protocol.AppendResult(nil, s.layout, r.Session, r.Token, a.decision, a.reply)
+	if err != nil {
+		// Only a reply that passed every check could get here; smtpd
+		// would die on a bad line, so answer with the gateway's own.
+		s.log.Error("cannot encode answer; using the default reply", zap.Error(err))
+		line, _ = protocol.AppendResult(nil, s.layout, r.Session, r.Token, protocol.Reject, replyTempfail)
+	}
+	s.answered = true
+	s.g.out.send(line)
+}
+
+// each sends one SMTP stage to every milter still in the session, in
+// order, and stops at the first that refuses: a refusal by one milter
+// overrides the others, and later milters do not see that command
+// (Postfix's rule). A refusal at connect or HELO covers the connection.
+func (s *session) each(stage string, connScope bool, call func(*milter.Session) (milter.Verdict, error)) answer {
+	for i, m := range s.milters {
+		if m == nil || m.Done() {
+			continue
+		}
+		v, err := call(m)
+		if err != nil {
+			if a, stop := s.milterFailed(i, err); stop {
+				return a
+			}
+			continue
+		}
+		switch v.Kind {
+		case milter.Reject, milter.Tempfail:
+			a, err := refusal(v)
+			if err != nil {
+				s.log.Warn("invalid reply from milter", zap.String("milter", m.String()), zap.String("stage", stage), zap.Error(err))
+			}
+			s.log.Info("milter refused", zap.String("milter", m.String()), zap.String("stage", stage), zap.String("reply", a.reply))
+			if connScope || a.decision == protocol.Disconnect {
+				s.sticky = &a
+			}
+			return a
+		case milter.Discard:
+			// The whole message is dropped, whatever stage said so; the
+			// filter protocol has no silent drop, so commit refuses it.
+			s.log.Info("milter discards the message", zap.String("milter", m.String()), zap.String("stage", stage))
+			s.discard = true
+			return proceed
+		}
+	}
+	return proceed
+}
+
+// milterFailed takes a milter that failed out of the session and applies
+// the default action: accept goes on without it; tempfail and reject answer
+// this and every later request of the session, as Postfix's sticky default
+// reply does.
+func (s *session) milterFailed(i int, err error) (answer, bool) {
+	s.milters[i] = nil
+	a := s.g.cfg.DefaultAction.failure()
+	s.log.Warn("milter failed; applying the default action",
+		zap.Error(err), zap.Stringer("default_action", s.g.cfg.DefaultAction))
+	if a.decision == protocol.Proceed {
+		return a, false
+	}
+	s.sticky = &a
+	return a, true
+}
+
+func (s *session) connect(r protocol.Request) answer {
+	if a, ok := s.openMilters(); !ok {
+		return a
+	}
+	host, family, port, addr := s.connectInfo(r)
+	return s.each("connect", true, func(m *milter.Session) (milter.Verdict, error) {
+		return m.Connect(host, family, port, addr)
+	})
+}
+
+// openMilters opens a milter session to every configured milter, once.
+func (s *session) openMilters() (answer, bool) {
+	if s.opened {
+		return proceed, true
+	}
+	s.opened = true
+	s.milters = make([]*milter.Session, len(s.g.cfg.Milters))
+	for i, c := range s.g.cfg.Milters {
+		m, err := c.Open(s.macros)
+		if err != nil {
+			if a, stop := s.milterFailed(i, err); stop {
+				return a, false
+			}
+			continue
+		}
+		s.milters[i] = m
+	}
+	return proceed, true
+}
+
+// connectInfo is what SMFIC_CONNECT carries: the client's verified name or,
+// as Postfix does, "[ip]"; its address family, port and address. The
+// link-connect report has the port; the connect request only the address.
+func (s *session) connectInfo(r protocol.Request) (string, milter.Family, uint16, string) {
+	ep := s.client
+	if ep.Family == "" {
+		rdns, src, _ := strings.Cut(r.Param, "|")
+		s.rdns = rdns
+		switch {
+		case src == "local":
+			ep = protocol.Endpoint{Family: "unix", Addr: "local"}
+		case strings.HasPrefix(src, "["):
+			ep = protocol.Endpoint{Family: "inet6", Addr: strings.Trim(src, "[]")}
+		default:
+			ep = protocol.Endpoint{Family: "inet", Addr: src}
+		}
+	}
+	host := "[" + ep.Addr + "]"
+	if s.rdns != "" && s.rdns != "<unknown>" && s.fcrdns != "fail" {
+		host = s.rdns
+	}
+	switch ep.Family {
+	case "unix":
+		if s.rdns != "" && s.rdns != "<unknown>" {
+			host = s.rdns
+		} else {
+			host = "localhost"
+		}
+		return host, milter.FamilyUnix, 0, ep.Addr
+	case "inet6":
+		return host, milter.FamilyInet6, ep.Port, ep.Addr
+	}
+	return host, milter.FamilyInet, ep.Port, ep.Addr
+}
+
+func (s *session) mail(r protocol.Request) answer {
+	s.resetTransaction()
+	s.macros.Set(milter.MacroMailAddr, r.Param)
+	s.macros.Set(milter.MacroMailHost, domainOf(r.Param))
+	params := s.esmtpParams("MAIL")
+	return s.each("mail", false, func(m *milter.Session) (milter.Verdict, error) { return m.Mail(r.Param, params) })
+}
+
+func (s *session) rcpt(r protocol.Request) answer {
+	if s.discard {
+		return proceed
+	}
+	s.macros.Set(milter.MacroRcptAddr, r.Param)
+	s.macros.Set(milter.MacroRcptHost, domainOf(r.Param))
+	params := s.esmtpParams("RCPT")
+	return s.each("rcpt", false, func(m *milter.Session) (milter.Verdict, error) { return m.Rcpt(r.Param, params) })
+}
+
+// esmtpParams takes MAIL or RCPT parameters from the protocol-client
+// report: the filter request carries the address only.
+func (s *session) esmtpParams(verb string) []string {
+	if len(s.lastCommand) < 4 || !strings.EqualFold(s.lastCommand[:4], verb) {
+		return nil
+	}
+	return protocol.ESMTPParams(s.lastCommand)
+}
+
+func (s *session) data() answer {
+	s.msg = newMessage()
+	s.commit = proceed
+	if s.discard {
+		s.passthrough = true
+		return proceed
+	}
+	a := s.each("data", false, func(m *milter.Session) (milter.Verdict, error) { return m.Data() })
+	s.passthrough = true
+	for _, m := range s.milters {
+		if m != nil && m.WantsMessage() {
+			s.passthrough = false
+		}
+	}
+	return a
+}
+
+// dataLine buffers the message until its final "." or, when no milter
+// wants it, echoes each line at once.
+func (s *session) dataLine(r protocol.Request) {
+	if r.Param == "." {
+		s.finishData(r.Token, s.msg != nil && !s.passthrough && !s.failed)
+		return
+	}
+	if s.msg == nil || s.passthrough || s.failed {
+		s.g.out.send(protocol.AppendDataLine(nil, s.layout, s.id, r.Token, []byte(r.Param)))
+		return
+	}
+	s.msg.add([]byte(r.Param))
+}
+
+// finishData runs the message through the milters when filter is set,
+// writes the lines back and then the final ".": smtpd sends commit only
+// once the "." is back (and an early "." crashes smtpd 6.8).
+func (s *session) finishData(token string, filter bool) {
+	if filter {
+		s.msg.parse()
+		s.filterMessage()
+	}
+	out := make([]byte, 0, 64<<10)
+	put := func(line []byte) {
+		out = protocol.AppendDataLine(out, s.layout, s.id, token, line)
+		if len(out) >= 60<<10 {
+			s.g.out.send(out)
+			out = make([]byte, 0, 64<<10)
+		}
+	}
+	if s.msg != nil && !s.passthrough {
+		if filter && s.commit.decision == protocol.Proceed && !s.discard {
+			s.msg.emit(put)
+		} else {
+			// A refused message goes back as it came: commit rolls it back.
+			s.msg.emitOriginal(put)
+		}
+	}
+	s.g.out.send(protocol.AppendDataLine(out, s.layout, s.id, token, []byte{'.'}))
+	s.msg = nil
+}
+
+// filterMessage gives the message to each milter in turn, Postfix-style:
+// each sees the message with the changes of the milters before it applied,
+// so a DKIM signer placed after a content filter signs the final text.
+func (s *session) filterMessage() {
+	for i, m := range s.milters {
+		if m == nil || m.Done() {
+			continue
+		}
+		if s.discard || s.commit.decision != protocol.Proceed {
+			return
+		}
+		v, mods, err := s.messageTo(m)
+		if err != nil {
+			if a, stop := s.milterFailed(i, err); stop {
+				s.commit = a
+			}
+			continue
+		}
+		for _, err := range s.msg.apply(mods) {
+			s.log.Warn("refused a header change from milter", zap.String("milter", m.String()), zap.Error(err))
+		}
+		s.policyFor(m, mods)
+		switch v.Kind {
+		case milter.Reject, milter.Tempfail:
+			a, err := refusal(v)
+			if err != nil {
+				s.log.Warn("invalid reply from milter", zap.String("milter", m.String()), zap.Error(err))
+			}
+			s.log.Info("milter refused the message", zap.String("milter", m.String()), zap.String("reply", a.reply))
+			s.commit = a
+		case milter.Discard:
+			s.log.Info("milter discards the message", zap.String("milter", m.String()))
+			s.discard = true
+		}
+	}
+}
+
+// policyFor handles what the filter protocol cannot carry: envelope changes
+// (smtpd fixed the envelope at RCPT) make the message tempfail, so that it
+// is never delivered to an envelope the milter did not want; quarantine
+// marks the message as smtpd's own junk does.
+func (s *session) policyFor(m *milter.Session, mods []milter.Modification) {
+	for _, mod := range mods {
+		switch {
+		case mod.Envelope():
+			s.log.Warn("milter asked for an envelope change the filter protocol cannot make; message tempfails",
+				zap.String("milter", m.String()), zap.Stringer("change", mod.Kind), zap.String("address", mod.Addr))
+			if s.commit.decision == protocol.Proceed {
+				s.commit = answer{protocol.Reject, replyEnvelope}
+			}
+		case mod.Kind == milter.Quarantine:
+			s.log.Warn("milter quarantines the message; marking it X-Spam: yes",
+				zap.String("milter", m.String()), zap.String("reason", mod.Reason))
+			s.msg.apply([]milter.Modification{{Kind: milter.InsertHeader, Index: 0, Name: "X-Spam", Value: " yes"}})
+		}
+	}
+}
+
+// messageTo sends the message to one milter: headers, end of headers, body
+// chunks (until the milter says SKIP), end of message.
+func (s *session) messageTo(m *milter.Session) (milter.Verdict, []milter.Modification, error) {
+	for i := range s.msg.fields {
+		name, value := s.msg.headerValue(&s.msg.fields[i])
+		v, err := m.Header(name, value)
+		if err != nil || v.Final() {
+			return v, nil, err
+		}
+	}
+	v, err := m.EndOfHeaders()
+	if err != nil || v.Final() {
+		return v, nil, err
+	}
+	if s.chunk == nil {
+		s.chunk = make([]byte, 0, milter.MaxChunk+1024)
+	}
+	s.msg.body(s.chunk, func(chunk []byte) bool {
+		if m.SkipBody() {
+			return false
+		}
+		v, err = m.Body(chunk)
+		return err == nil && !v.Final()
+	})
+	if err != nil || v.Final() {
+		return v, nil, err
+	}
+	return m.End()
+}
+
+func (s *session) report(r protocol.Report) (done bool) {
+	ev, err := r.Decode()
+	if err != nil {
+		s.log.Warn("ignoring malformed report", zap.Error(err))
+		return false
+	}
+	switch e := ev.(type) {
+	case protocol.LinkConnect:
+		s.linkConnect(e)
+	case protocol.LinkGreeting:
+		if s.g.cfg.Hostname == "" {
+			s.macros.Set(milter.MacroMTAName, e.Hostname)
+		}
+	case protocol.LinkTLS:
+		if version, cipher, bits, ok := protocol.SplitTLS(e.Info); ok {
+			s.macros.Set(milter.MacroTLSVersion, version)
+			s.macros.Set(milter.MacroCipher, cipher)
+			s.macros.Set(milter.MacroCipherBits, bits)
+		}
+	case protocol.LinkAuth:
+		if e.Result == "pass" {
+			s.macros.Set(milter.MacroAuthAuthen, e.Username)
+			s.macros.Set(milter.MacroAuthType, authMechanism(s.lastCommand))
+		}
+	case protocol.ProtocolClient:
+		s.lastCommand = e.Command
+	case protocol.TxBegin:
+		s.macros.Set(milter.MacroQueueID, e.MsgID)
+	case protocol.TxReset, protocol.TxRollback:
+		s.resetTransaction()
+	case protocol.LinkDisconnect:
+		s.closeMilters()
+		return true
+	}
+	return false
+}
+
+func (s *session) linkConnect(e protocol.LinkConnect) {
+	s.rdns, s.fcrdns = e.RDNS, e.FCRDNS
+	if ep, err := protocol.ParseEndpoint(e.Src); err == nil {
+		s.client = ep
+		if ep.Family != "unix" {
+			s.macros.Set(milter.MacroClientAddr, ep.Addr)
+			s.macros.Set(milter.MacroClientPort, strconv.Itoa(int(ep.Port)))
+		}
+	} else {
+		s.log.Warn("cannot parse the client address of link-connect", zap.Error(err))
+	}
+	if ep, err := protocol.ParseEndpoint(e.Dest); err == nil && ep.Family != "unix" {
+		s.macros.Set(milter.MacroDaemonAddr, ep.Addr)
+		s.macros.Set(milter.MacroIfAddr, ep.Addr)
+		s.macros.Set(milter.MacroDaemonPort, strconv.Itoa(int(ep.Port)))
+	}
+	name := "unknown"
+	if e.RDNS != "<unknown>" && e.RDNS != "" {
+		s.macros.Set(milter.MacroClientPTR, e.RDNS)
+		if e.FCRDNS == "pass" {
+			name = e.RDNS
+		}
+	}
+	s.macros.Set(milter.MacroClientName, name)
+	s.macros.Set(milter.MacroClientInfo, fmt.Sprintf("%s [%s]", name, s.client.Addr))
+	j := s.g.cfg.Hostname
+	if j == "" {
+		j = s.g.admd
+	}
+	s.macros.Set(milter.MacroMTAName, j)
+	daemon := s.g.cfg.DaemonName
+	if daemon == "" {
+		daemon = j
+	}
+	s.macros.Set(milter.MacroDaemonName, daemon)
+	if s.g.smtpdVersion != "" {
+		s.macros.Set(milter.MacroMTAVersion, "OpenSMTPD "+s.g.smtpdVersion)
+	}
+}
+
+// resetTransaction ends the transaction in progress, for the milters too
+// (SMFIC_ABORT, only where a transaction is open).
+func (s *session) resetTransaction() {
+	for i, m := range s.milters {
+		if m == nil {
+			continue
+		}
+		if err := m.Abort(); err != nil {
+			s.milterFailed(i, err)
+		}
+	}
+	for _, name := range []string{milter.MacroQueueID, milter.MacroMailAddr, milter.MacroMailHost, milter.MacroRcptAddr, milter.MacroRcptHost} {
+		s.macros.Set(name, "")
+	}
+	s.msg, s.passthrough, s.discard, s.commit = nil, false, false, proceed
+}
+
+func (s *session) closeMilters() {
+	for i, m := range s.milters {
+		if m != nil {
+			_ = m.Close()
+			s.milters[i] = nil
+		}
+	}
+}
+
+// logMessage writes one line per message at commit.
+func (s *session) logMessage(a answer) {
+	verdict := string(a.decision)
+	if s.discard {
+		verdict = "discard"
+	}
+	s.log.Info("message", zap.String("queue_id", s.macros.Get(milter.MacroQueueID)),
+		zap.String("verdict", verdict), zap.String("reply", a.reply))
+}
+
+func domainOf(addr string) string {
+	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
+		return addr[i+1:]
+	}
+	return ""
+}
+
+// authMechanism takes the mechanism from "AUTH PLAIN ********".
+func authMechanism(cmd string) string {
+	f := strings.Fields(cmd)
+	if len(f) >= 2 && strings.EqualFold(f[0], "AUTH") {
+		return strings.ToUpper(f[1])
+	}
+	return ""
+}
