@@ -276,10 +276,12 @@ func (s *Session) End() (Verdict, []Modification, error) {
 	}
 	s.conn.setTimeout(s.c.opts.ContentTimeout)
 	if !s.bodySent {
-		// go-milter's state machine wants a body event before end of
-		// message; for an empty body that is one empty chunk (not sent at
-		// all when the milter skips bodies).
-		if v, err := s.Body(nil); err != nil || v.Final() {
+		// go-milter wants a body event before end of message; for an
+		// empty body conn keeps it off the wire.
+		s.conn.skipEmptyBody(true, !s.dj.ProtocolOption(djmilter.OptNoBodyReply))
+		v, err := s.Body(nil)
+		s.conn.skipEmptyBody(false, false)
+		if err != nil || v.Final() {
 			return v, nil, err
 		}
 	}

@@ -383,3 +383,48 @@ func TestSessionProgressRestartsTheTimer(t *testing.T) {
 		t.Fatalf("End = %v, %v; PROGRESS must restart the timer", v, err)
 	}
 }
+
+func TestSessionEmptyBodySendsNoBodyPacket(t *testing.T) {
+	// Postfix and Sendmail send no BODY for an empty body; opendkim drops
+	// the connection on an empty BODY packet.
+	codes := make(chan byte, 32)
+	spec := rawMilter(t, func(c net.Conn) {
+		for {
+			p, err := readPacket(c)
+			if err != nil {
+				close(codes)
+				return
+			}
+			codes <- p[0]
+			switch p[0] {
+			case 'D', 'A', 'Q':
+			case 'E':
+				writePacket(c, []byte{'a'})
+			default:
+				writePacket(c, []byte{'c'})
+			}
+		}
+	})
+	ok := checker(t)
+	s := open(t, spec, milter.DefaultOptions, nil)
+	ok(s.Connect("h", milter.FamilyInet, 1, "192.0.2.1"))
+	ok(s.Helo("h"))
+	ok(s.Mail("a@b", nil))
+	ok(s.Rcpt("c@d", nil))
+	ok(s.Data())
+	ok(s.Header("Subject", " x"))
+	ok(s.EndOfHeaders())
+	if v, _, err := s.End(); err != nil || v.Kind != milter.Accept {
+		t.Fatalf("End = %v, %v", v, err)
+	}
+	// The session is still in step: a second message works.
+	ok(s.Mail("a@b", nil))
+	_ = s.Close()
+	var got []byte
+	for c := range codes {
+		got = append(got, c)
+	}
+	if string(got) != "CHMRTLNEMQ" {
+		t.Errorf("commands on the wire %q, want %q (no B)", got, "CHMRTLNEMQ")
+	}
+}

@@ -42,12 +42,13 @@ func run(args []string) int {
 	contentTimeout := fs.Duration("content-timeout", milter.DefaultOptions.ContentTimeout, "time a milter has to answer each header, body chunk and end of message")
 	hostname := fs.String("hostname", "", "the j macro (MTA host name); default: smtpd's own name")
 	daemonName := fs.String("daemon-name", "", "the {daemon_name} macro; default: the host name")
-	level := zap.LevelFlag("log-level", zapcore.InfoLevel, "log level: debug, info, warn or error")
+	level := zapcore.InfoLevel
+	fs.TextVar(&level, "log-level", zapcore.InfoLevel, "log level: debug, info, warn or error")
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	log := newLogger(*level)
+	log := newLogger(level)
 	defer func() { _ = log.Sync() }()
 
 	if fs.NArg() > 0 {
