@@ -145,6 +145,13 @@ func (s *session) request(r protocol.Request) {
 		s.dataLine(r)
 		return
 	case "commit":
+		if s.msg != nil {
+			// smtpd asks for commit only once the last filter gave back
+			// "."; a message still open here was ended early by a filter
+			// before this one in the chain, and smtpd has its lines.
+			s.log.Warn("commit before the end of the message; the buffered lines are dropped")
+			s.msg = nil
+		}
 		a := s.commit
 		if s.discard {
 			a = answer{protocol.Reject, replyDiscard}
