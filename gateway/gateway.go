@@ -23,6 +23,7 @@ import (
 type Config struct {
 	Milters       []*milter.Client // in the order each message goes through them
 	DefaultAction Action           // when a milter fails
+	Policy        Policy           // what the filter protocol cannot carry; zero fields mean DefaultPolicy
 	Hostname      string           // the j macro; default smtpd's admd/greeting name
 	DaemonName    string           // the {daemon_name} macro; default the j macro
 	Log           *zap.Logger
@@ -49,6 +50,15 @@ type Gateway struct {
 func New(cfg Config) *Gateway {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
+	}
+	if cfg.Policy.Discard == "" {
+		cfg.Policy.Discard = DefaultPolicy.Discard
+	}
+	if cfg.Policy.Quarantine == "" {
+		cfg.Policy.Quarantine = DefaultPolicy.Quarantine
+	}
+	if cfg.Policy.Envelope == "" {
+		cfg.Policy.Envelope = DefaultPolicy.Envelope
 	}
 	return &Gateway{cfg: cfg, log: cfg.Log, sessions: make(map[string]*session)}
 }

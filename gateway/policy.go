@@ -42,14 +42,45 @@ func (a Action) String() string {
 	return "tempfail"
 }
 
+// Policy decides what the filter protocol cannot carry. OpenSMTPD has no
+// silent drop, no quarantine and no envelope change after RCPT, and its
+// own "junk" cannot be answered at commit (smtpd dies on it).
+type Policy struct {
+	Discard    string // "reject" (default): 550 5.7.1; "junk": deliver marked X-Spam: yes
+	Quarantine string // "mark" (default): deliver marked X-Spam: yes; "reject"; "tempfail"
+	Envelope   string // "tempfail" (default); "reject"; "ignore": deliver, a warning per change
+}
+
+// DefaultPolicy is what filter-milter does unless told otherwise.
+var DefaultPolicy = Policy{Discard: "reject", Quarantine: "mark", Envelope: "tempfail"}
+
+// Check reports a setting that is not one of the choices.
+func (p Policy) Check() error {
+	for _, c := range []struct{ name, value, choices string }{
+		{"discard", p.Discard, "reject junk"},
+		{"quarantine", p.Quarantine, "mark reject tempfail"},
+		{"envelope-change", p.Envelope, "tempfail reject ignore"},
+	} {
+		ok := false
+		for _, choice := range strings.Fields(c.choices) {
+			ok = ok || c.value == choice
+		}
+		if !ok {
+			return fmt.Errorf("%s policy %q: want one of %s", c.name, c.value, strings.ReplaceAll(c.choices, " ", ", "))
+		}
+	}
+	return nil
+}
+
 // Replies the gateway gives in its own name; the texts are Postfix's.
 const (
-	replyTempfail  = "451 4.7.1 Service unavailable - try again later"
-	replyReject    = "550 5.7.1 Command rejected"
-	replyDiscard   = "550 5.7.1 Message discarded by content filter"
-	replyEnvelope  = "451 4.7.1 Content filter asked for an envelope change that cannot be made - try again later"
-	replyInternal  = "451 4.3.0 Internal error in content filter - try again later"
-	replyBadConfig = "451 4.3.5 Server configuration problem - try again later"
+	replyTempfail     = "451 4.7.1 Service unavailable - try again later"
+	replyReject       = "550 5.7.1 Command rejected"
+	replyDiscard      = "550 5.7.1 Message discarded by content filter"
+	replyEnvelope     = "451 4.7.1 Content filter asked for an envelope change that cannot be made - try again later"
+	replyEnvelopeRej  = "550 5.7.1 Content filter asked for an envelope change that cannot be made"
+	replyQuarantine   = "550 5.7.1 Message quarantined by content filter"
+	replyQuarantineTF = "451 4.7.1 Message held by content filter - try again later"
 )
 
 // answer is the decision for one filter request.
@@ -73,21 +104,19 @@ func (a Action) failure() answer {
 
 // refusal turns a milter's reject or tempfail into a filter-result. The
 // filter protocol carries one reply line, so a multi-line reply (libmilter's
-// smfi_setmlreply) is joined into one; a reply smtpd would not take (smtpd
+// smfi_setmlreply) is joined into one. A reply smtpd would not take (it
 // turns an invalid reply into "421 Internal server error" and disconnects)
-// is replaced by the configuration-problem reply. 421 means "reply and
-// close", as in Sendmail and Postfix, which is smtpd's disconnect.
+// is an error. 421 means "reply and close", as in Sendmail and Postfix,
+// which is smtpd's disconnect.
 func refusal(v milter.Verdict) (answer, error) {
 	reply := oneLine(v.Reply)
-	var err error
 	if !protocol.ValidReply(reply) || (v.Kind == milter.Reject) != (reply[0] == '5') {
-		err = fmt.Errorf("milter reply %q is not a valid %s reply", v.Reply, v.Kind)
-		reply = replyBadConfig
+		return answer{}, fmt.Errorf("milter reply %q is not a valid %s reply", v.Reply, v.Kind)
 	}
 	if strings.HasPrefix(reply, "421") {
-		return answer{protocol.Disconnect, reply}, err
+		return answer{protocol.Disconnect, reply}, nil
 	}
-	return answer{protocol.Reject, reply}, err
+	return answer{protocol.Reject, reply}, nil
 }
 
 // oneLine joins "550-5.7.1 one\r\n550 5.7.1 two" into "550 5.7.1 one two":

@@ -153,7 +153,7 @@ func (s *session) request(r protocol.Request) {
 			s.msg = nil
 		}
 		a := s.commit
-		if s.discard {
+		if s.discard && s.g.cfg.Policy.Discard == "reject" {
 			a = answer{protocol.Reject, replyDiscard}
 		}
 		s.logMessage(a)
@@ -214,11 +214,10 @@ func (s *session) each(stage string, connScope bool, call func(*milter.Session) 
 		}
 		switch v.Kind {
 		case milter.Reject, milter.Tempfail:
-			a, err := refusal(v)
-			if err != nil {
-				s.log.Warn("invalid reply from milter", zap.String("milter", m.String()), zap.String("stage", stage), zap.Error(err))
+			a := s.refuse(m, stage, v)
+			if a.decision == protocol.Proceed {
+				continue
 			}
-			s.log.Info("milter refused", zap.String("milter", m.String()), zap.String("stage", stage), zap.String("reply", a.reply))
 			if connScope || a.decision == protocol.Disconnect {
 				s.sticky = &a
 			}
@@ -232,6 +231,20 @@ func (s *session) each(stage string, connScope bool, call func(*milter.Session) 
 		}
 	}
 	return proceed
+}
+
+// refuse turns a milter's refusal into the answer for smtpd. A reply the
+// filter protocol cannot carry gets the default action, as any other
+// protocol error of a milter does.
+func (s *session) refuse(m *milter.Session, stage string, v milter.Verdict) answer {
+	a, err := refusal(v)
+	if err != nil {
+		s.log.Warn("invalid reply from milter; applying the default action", zap.String("milter", m.String()),
+			zap.String("stage", stage), zap.Error(err), zap.Stringer("default_action", s.g.cfg.DefaultAction))
+		return s.g.cfg.DefaultAction.failure()
+	}
+	s.log.Info("milter refused", zap.String("milter", m.String()), zap.String("stage", stage), zap.String("reply", a.reply))
+	return a
 }
 
 // milterFailed takes a milter that failed out of the session and applies
@@ -346,7 +359,8 @@ func (s *session) data() answer {
 	s.msg = newMessage()
 	s.commit = proceed
 	if s.discard {
-		s.passthrough = true
+		// Marking the message needs its lines; refusing it does not.
+		s.passthrough = s.g.cfg.Policy.Discard == "reject"
 		return proceed
 	}
 	a := s.each("data", false, func(m *milter.Session) (milter.Verdict, error) { return m.Data() })
@@ -380,6 +394,9 @@ func (s *session) finishData(token string, filter bool) {
 	if filter {
 		s.msg.parse()
 		s.filterMessage()
+		if s.discard && s.g.cfg.Policy.Discard == "junk" {
+			s.markJunk()
+		}
 	}
 	out := make([]byte, 0, 64<<10)
 	put := func(line []byte) {
@@ -390,7 +407,7 @@ func (s *session) finishData(token string, filter bool) {
 		}
 	}
 	if s.msg != nil && !s.passthrough {
-		if filter && s.commit.decision == protocol.Proceed && !s.discard {
+		if filter && s.commit.decision == protocol.Proceed && (!s.discard || s.g.cfg.Policy.Discard == "junk") {
 			s.msg.emit(put)
 		} else {
 			// A refused message goes back as it came: commit rolls it back.
@@ -425,12 +442,9 @@ func (s *session) filterMessage() {
 		s.policyFor(m, mods)
 		switch v.Kind {
 		case milter.Reject, milter.Tempfail:
-			a, err := refusal(v)
-			if err != nil {
-				s.log.Warn("invalid reply from milter", zap.String("milter", m.String()), zap.Error(err))
+			if a := s.refuse(m, "end of message", v); a.decision != protocol.Proceed {
+				s.commit = a
 			}
-			s.log.Info("milter refused the message", zap.String("milter", m.String()), zap.String("reply", a.reply))
-			s.commit = a
 		case milter.Discard:
 			s.log.Info("milter discards the message", zap.String("milter", m.String()))
 			s.discard = true
@@ -438,25 +452,51 @@ func (s *session) filterMessage() {
 	}
 }
 
-// policyFor handles what the filter protocol cannot carry: envelope changes
-// (smtpd fixed the envelope at RCPT) make the message tempfail, so that it
-// is never delivered to an envelope the milter did not want; quarantine
-// marks the message as smtpd's own junk does.
+// policyFor applies the policy to what the filter protocol cannot carry:
+// envelope changes (smtpd fixed the envelope at RCPT) and quarantine.
 func (s *session) policyFor(m *milter.Session, mods []milter.Modification) {
+	pol := s.g.cfg.Policy
 	for _, mod := range mods {
 		switch {
 		case mod.Envelope():
-			s.log.Warn("milter asked for an envelope change the filter protocol cannot make; message tempfails",
-				zap.String("milter", m.String()), zap.Stringer("change", mod.Kind), zap.String("address", mod.Addr))
-			if s.commit.decision == protocol.Proceed {
-				s.commit = answer{protocol.Reject, replyEnvelope}
+			switch pol.Envelope {
+			case "ignore":
+				s.log.Warn("ignoring an envelope change the filter protocol cannot make",
+					zap.String("milter", m.String()), zap.Stringer("change", mod.Kind), zap.String("address", mod.Addr), zap.String("args", mod.Args))
+			default:
+				s.log.Warn("milter asked for an envelope change the filter protocol cannot make; refusing the message",
+					zap.String("milter", m.String()), zap.Stringer("change", mod.Kind), zap.String("address", mod.Addr), zap.String("policy", pol.Envelope))
+				if s.commit.decision == protocol.Proceed {
+					s.commit = answer{protocol.Reject, replyEnvelope}
+					if pol.Envelope == "reject" {
+						s.commit.reply = replyEnvelopeRej
+					}
+				}
 			}
 		case mod.Kind == milter.Quarantine:
-			s.log.Warn("milter quarantines the message; marking it X-Spam: yes",
-				zap.String("milter", m.String()), zap.String("reason", mod.Reason))
-			s.msg.apply([]milter.Modification{{Kind: milter.InsertHeader, Index: 0, Name: "X-Spam", Value: " yes"}})
+			s.log.Warn("milter quarantines the message", zap.String("milter", m.String()),
+				zap.String("reason", mod.Reason), zap.String("policy", pol.Quarantine))
+			switch pol.Quarantine {
+			case "reject":
+				s.commit = answer{protocol.Reject, replyQuarantine}
+			case "tempfail":
+				s.commit = answer{protocol.Reject, replyQuarantineTF}
+			default:
+				s.markJunk()
+			}
 		}
 	}
+}
+
+// markJunk marks the message as smtpd's own junk decision does: an
+// "X-Spam: yes" header on top.
+func (s *session) markJunk() {
+	for i := range s.msg.fields {
+		if n, v := s.msg.headerValue(&s.msg.fields[i]); strings.EqualFold(n, "X-Spam") && strings.EqualFold(strings.TrimSpace(v), "yes") {
+			return
+		}
+	}
+	s.msg.apply([]milter.Modification{{Kind: milter.InsertHeader, Index: 0, Name: "X-Spam", Value: " yes"}})
 }
 
 // messageTo sends the message to one milter: headers, end of headers, body

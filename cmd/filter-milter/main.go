@@ -40,6 +40,10 @@ func run(args []string) int {
 	connectTimeout := fs.Duration("connect-timeout", milter.DefaultOptions.ConnectTimeout, "time to connect to a milter and negotiate")
 	commandTimeout := fs.Duration("command-timeout", milter.DefaultOptions.CommandTimeout, "time a milter has to answer CONNECT, HELO, MAIL, RCPT and DATA")
 	contentTimeout := fs.Duration("content-timeout", milter.DefaultOptions.ContentTimeout, "time a milter has to answer each header, body chunk and end of message")
+	var policy gateway.Policy
+	fs.StringVar(&policy.Discard, "discard", gateway.DefaultPolicy.Discard, "a milter's DISCARD (OpenSMTPD has no silent drop): reject (550 5.7.1) or junk (deliver marked X-Spam: yes)")
+	fs.StringVar(&policy.Quarantine, "quarantine", gateway.DefaultPolicy.Quarantine, "a milter's QUARANTINE: mark (deliver marked X-Spam: yes), reject or tempfail")
+	fs.StringVar(&policy.Envelope, "envelope-change", gateway.DefaultPolicy.Envelope, "a milter's recipient or sender change at end of message (OpenSMTPD cannot make it): tempfail, reject or ignore")
 	hostname := fs.String("hostname", "", "the j macro (MTA host name); default: smtpd's own name")
 	daemonName := fs.String("daemon-name", "", "the {daemon_name} macro; default: the host name")
 	level := zapcore.InfoLevel
@@ -64,6 +68,10 @@ func run(args []string) int {
 		log.Error("bad -default-action", zap.Error(err))
 		return 2
 	}
+	if err := policy.Check(); err != nil {
+		log.Error("bad policy", zap.Error(err))
+		return 2
+	}
 	opts := milter.DefaultOptions
 	opts.ConnectTimeout, opts.CommandTimeout, opts.ContentTimeout = *connectTimeout, *commandTimeout, *contentTimeout
 	var clients []*milter.Client
@@ -83,6 +91,7 @@ func run(args []string) int {
 	g := gateway.New(gateway.Config{
 		Milters:       clients,
 		DefaultAction: action,
+		Policy:        policy,
 		Hostname:      *hostname,
 		DaemonName:    *daemonName,
 		Log:           log,
