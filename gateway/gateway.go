@@ -9,8 +9,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -27,6 +30,9 @@ type Config struct {
 	Hostname      string           // the j macro; default smtpd's admd/greeting name
 	DaemonName    string           // the {daemon_name} macro; default the j macro
 	Log           *zap.Logger
+	// ShutdownTimeout bounds how long sessions in flight may take to
+	// finish once smtpd has closed the pipe (or SIGTERM came).
+	ShutdownTimeout time.Duration
 }
 
 // Gateway serves one smtpd: it reads smtpd's lines, runs a session per
@@ -36,7 +42,9 @@ type Gateway struct {
 	log *zap.Logger
 	out *writer
 
-	sessions     map[string]*session // owned by the reading goroutine
+	mu           sync.Mutex
+	sessions     map[string]*session
+	idleTimeout  time.Duration // smtpd's smtp-session-timeout
 	wg           sync.WaitGroup
 	live         atomic.Int64 // sessions whose goroutine still runs
 	smtpdVersion string
@@ -60,7 +68,10 @@ func New(cfg Config) *Gateway {
 	if cfg.Policy.Envelope == "" {
 		cfg.Policy.Envelope = DefaultPolicy.Envelope
 	}
-	return &Gateway{cfg: cfg, log: cfg.Log, sessions: make(map[string]*session)}
+	if cfg.ShutdownTimeout == 0 {
+		cfg.ShutdownTimeout = 30 * time.Second
+	}
+	return &Gateway{cfg: cfg, log: cfg.Log, sessions: make(map[string]*session), idleTimeout: 300 * time.Second}
 }
 
 // Subscriptions are the reports and filter phases the gateway registers:
@@ -85,6 +96,8 @@ func (g *Gateway) Run(in io.Reader, out io.Writer) error {
 	if err := g.handshake(rd); err != nil {
 		return g.stop(err)
 	}
+	stopReaper := g.startReaper()
+	defer stopReaper()
 	for {
 		line, err := rd.ReadLine()
 		if err != nil {
@@ -92,8 +105,8 @@ func (g *Gateway) Run(in io.Reader, out io.Writer) error {
 				g.log.Error("ignoring a line over the length limit", zap.Error(err))
 				continue
 			}
-			if errors.Is(err, io.EOF) {
-				err = nil
+			if errors.Is(err, io.EOF) || errors.Is(err, os.ErrClosed) {
+				err = nil // smtpd is gone, or SIGTERM closed stdin
 			}
 			return g.stop(err)
 		}
@@ -121,7 +134,7 @@ func (g *Gateway) handshake(rd *protocol.Reader) error {
 	for {
 		line, err := rd.ReadLine()
 		if err != nil {
-			if errors.Is(err, io.EOF) {
+			if errors.Is(err, io.EOF) || errors.Is(err, os.ErrClosed) {
 				return nil
 			}
 			return err
@@ -140,6 +153,10 @@ func (g *Gateway) handshake(rd *protocol.Reader) error {
 			g.smtpdVersion = c.Value
 		case "admd":
 			g.admd = c.Value
+		case "smtp-session-timeout":
+			if n, err := strconv.Atoi(c.Value); err == nil && n > 0 {
+				g.idleTimeout = time.Duration(n) * time.Second
+			}
 		case "protocol":
 			if v, err := compat.ParseVersion(c.Value); err == nil {
 				g.protocolVer = v
@@ -169,15 +186,53 @@ func (g *Gateway) register() {
 }
 
 func (g *Gateway) dispatch(id string, ev any, last bool) {
+	g.mu.Lock()
 	s := g.sessions[id]
 	if s == nil {
 		s = g.newSession(id)
 		g.sessions[id] = s
 		g.live.Add(1)
 	}
-	s.q.push(ev)
 	if last {
 		delete(g.sessions, id)
+	}
+	g.mu.Unlock()
+	s.lastActive.Store(time.Now().UnixNano())
+	s.q.push(ev)
+}
+
+// startReaper frees sessions smtpd has sent nothing for during its own
+// smtp-session-timeout: smtpd ends an idle client then, so a session still
+// here has lost its link-disconnect and would hold memory and milter
+// connections for ever.
+func (g *Gateway) startReaper() (stop func()) {
+	done := make(chan struct{})
+	every := max(g.idleTimeout/10, 10*time.Millisecond)
+	go func() {
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case now := <-t.C:
+				g.reap(now)
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
+func (g *Gateway) reap(now time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for id, s := range g.sessions {
+		if now.Sub(time.Unix(0, s.lastActive.Load())) > g.idleTimeout {
+			s.log.Warn("freeing a session smtpd has been silent about for longer than its session timeout",
+				zap.Duration("smtp_session_timeout", g.idleTimeout))
+			s.q.push(shutdown{})
+			delete(g.sessions, id)
+		}
 	}
 }
 
@@ -186,13 +241,23 @@ func (g *Gateway) sessionGone() { g.live.Add(-1) }
 // Sessions is the number of sessions still running, for tests and metrics.
 func (g *Gateway) Sessions() int { return int(g.live.Load()) }
 
-// stop ends every session, waits for them and flushes the answers.
+// stop ends every session, waits for them (at most ShutdownTimeout: a
+// session may be waiting on a slow milter) and flushes the answers.
 func (g *Gateway) stop(err error) error {
+	g.mu.Lock()
 	for id, s := range g.sessions {
 		s.q.push(shutdown{})
 		delete(g.sessions, id)
 	}
-	g.wg.Wait()
+	g.mu.Unlock()
+	done := make(chan struct{})
+	go func() { g.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(g.cfg.ShutdownTimeout):
+		g.log.Warn("sessions still busy at shutdown; leaving them", zap.Int("sessions", g.Sessions()),
+			zap.Duration("shutdown_timeout", g.cfg.ShutdownTimeout))
+	}
 	werr := g.out.close()
 	if err != nil {
 		return err

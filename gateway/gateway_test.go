@@ -365,3 +365,62 @@ func TestSessionsAnswerOutOfOrder(t *testing.T) {
 	close(release)
 	p.expect("filter-result|" + s1 + "|" + tok + "|proceed")
 }
+
+func TestStrayDataLineIsDropped(t *testing.T) {
+	srv := miltertest.Start(t, miltertest.Script{})
+	p := startGateway(t, Tempfail, srv.Spec)
+	p.handshake()
+	p.openSession("b@test.example")
+	// A data line before DATA, and one after the message's ".": answering
+	// either would be a filter-dataline outside the data phase, which
+	// smtpd dies on.
+	p.send(req("data-line", "stray before"))
+	p.sendMessage([]string{"Subject: x", "", "b"})
+	p.expect(dataline("Subject: x"), dataline(""), dataline("b"), dataline("."))
+	p.send(req("data-line", "stray after"), req("commit", ""))
+	p.expect(result("proceed"))
+}
+
+func TestIdleSessionIsFreed(t *testing.T) {
+	srv := miltertest.Start(t, miltertest.Script{})
+	p := startGateway(t, Tempfail, srv.Spec)
+	p.send("config|smtpd-version|7.8.0", "config|smtp-session-timeout|1", "config|ready")
+	for p.read() != "register|ready" {
+	}
+	p.openSession("b@test.example")
+	if p.g.Sessions() != 1 {
+		t.Fatalf("%d sessions, want 1", p.g.Sessions())
+	}
+	// smtpd never sends link-disconnect: the session goes after smtpd's
+	// own session timeout.
+	waitSessions(t, p.g, 0)
+}
+
+func TestShutdownIsBounded(t *testing.T) {
+	release := make(chan struct{})
+	defer close(release)
+	srv := miltertest.Start(t, miltertest.Script{
+		Helo: func() (*djmilter.Response, error) { <-release; return djmilter.RespContinue, nil },
+	})
+	p := startGateway(t, Tempfail, srv.Spec)
+	p.g.cfg.ShutdownTimeout = 200 * time.Millisecond
+	p.handshake()
+	p.send(req("connect", "localhost|127.0.0.1"))
+	p.expect(result("proceed"))
+	p.send(req("helo", "stuck.example")) // the milter never answers in time
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	_ = p.in.Close()
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		p.done <- nil // for the cleanup
+	case <-time.After(1500 * time.Millisecond):
+		t.Fatal("Run did not return within its shutdown bound")
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Errorf("Run returned after %v: it should wait for the session up to the bound", d)
+	}
+}

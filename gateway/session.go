@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 
@@ -41,7 +42,8 @@ type session struct {
 	discard     bool
 	answered    bool // the request being handled has been answered
 
-	chunk []byte // reused body chunk buffer
+	chunk      []byte       // reused body chunk buffer
+	lastActive atomic.Int64 // when smtpd last sent something for the session (unix ns)
 }
 
 func (g *Gateway) newSession(id string) *session {
@@ -376,11 +378,17 @@ func (s *session) data() answer {
 // dataLine buffers the message until its final "." or, when no milter
 // wants it, echoes each line at once.
 func (s *session) dataLine(r protocol.Request) {
-	if r.Param == "." {
-		s.finishData(r.Token, s.msg != nil && !s.passthrough && !s.failed)
+	if s.msg == nil {
+		// Not in a message: smtpd kills itself on a filter-dataline
+		// outside its data phase, so a stray line is only logged.
+		s.log.Error("data line outside a message dropped", zap.Int("length", len(r.Param)))
 		return
 	}
-	if s.msg == nil || s.passthrough || s.failed {
+	if r.Param == "." {
+		s.finishData(r.Token, !s.passthrough && !s.failed)
+		return
+	}
+	if s.passthrough || s.failed {
 		s.g.out.send(protocol.AppendDataLine(nil, s.layout, s.id, r.Token, []byte(r.Param)))
 		return
 	}

@@ -13,7 +13,9 @@ import (
 // nothing more is queued, which batches lines under load and keeps
 // latency low when idle.
 type writer struct {
-	ch   chan []byte
+	mu     sync.RWMutex // send holds it shared; close exclusively
+	closed bool
+	ch     chan []byte
 	done chan struct{}
 	err  error       // the first write error; read only after done closes
 	dead atomic.Bool // a write failed
@@ -50,15 +52,27 @@ func (w *writer) run(bw *bufio.Writer) {
 }
 
 // send queues b, which must be one or more complete lines; the writer owns b
-// afterwards.
-func (w *writer) send(b []byte) { w.ch <- b }
+// afterwards. After close (a session that outlived the shutdown bound) it
+// drops b.
+func (w *writer) send(b []byte) {
+	w.mu.RLock()
+	if !w.closed {
+		w.ch <- b
+	}
+	w.mu.RUnlock()
+}
 
 // failed reports whether writing to smtpd has failed.
 func (w *writer) failed() bool { return w.dead.Load() }
 
 // close flushes what is queued and returns the first write error.
 func (w *writer) close() error {
-	w.once.Do(func() { close(w.ch) })
+	w.once.Do(func() {
+		w.mu.Lock()
+		w.closed = true
+		close(w.ch)
+		w.mu.Unlock()
+	})
 	<-w.done
 	return w.err
 }

@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -44,6 +45,7 @@ func run(args []string) int {
 	fs.StringVar(&policy.Discard, "discard", gateway.DefaultPolicy.Discard, "a milter's DISCARD (OpenSMTPD has no silent drop): reject (550 5.7.1) or junk (deliver marked X-Spam: yes)")
 	fs.StringVar(&policy.Quarantine, "quarantine", gateway.DefaultPolicy.Quarantine, "a milter's QUARANTINE: mark (deliver marked X-Spam: yes), reject or tempfail")
 	fs.StringVar(&policy.Envelope, "envelope-change", gateway.DefaultPolicy.Envelope, "a milter's recipient or sender change at end of message (OpenSMTPD cannot make it): tempfail, reject or ignore")
+	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "once smtpd closes the pipe (or on SIGTERM), how long sessions in flight may take to finish")
 	hostname := fs.String("hostname", "", "the j macro (MTA host name); default: smtpd's own name")
 	daemonName := fs.String("daemon-name", "", "the {daemon_name} macro; default: the host name")
 	level := zapcore.InfoLevel
@@ -87,14 +89,25 @@ func run(args []string) int {
 	// A write to a closed stdout must be an error we can log, not a
 	// SIGPIPE that kills the process silently.
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	// SIGTERM ends the filter as smtpd closing the pipe does: sessions in
+	// flight get ShutdownTimeout to finish. (smtpd itself shuts down when
+	// its filter exits, so only a stopping smtpd should send it.)
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		sig := <-term
+		log.Info("signal received; finishing the sessions in flight", zap.Stringer("signal", sig))
+		_ = os.Stdin.Close()
+	}()
 
 	g := gateway.New(gateway.Config{
-		Milters:       clients,
-		DefaultAction: action,
-		Policy:        policy,
-		Hostname:      *hostname,
-		DaemonName:    *daemonName,
-		Log:           log,
+		Milters:         clients,
+		DefaultAction:   action,
+		Policy:          policy,
+		Hostname:        *hostname,
+		DaemonName:      *daemonName,
+		Log:             log,
+		ShutdownTimeout: *shutdownTimeout,
 	})
 	if err := g.Run(os.Stdin, os.Stdout); err != nil {
 		log.Error("stopping", zap.Error(err))
