@@ -24,11 +24,11 @@ import (
 
 // Config is what the gateway needs to run.
 type Config struct {
-	Milters       []*milter.Client // in the order each message goes through them
-	DefaultAction Action           // when a milter fails
-	Policy        Policy           // what the filter protocol cannot carry; zero fields mean DefaultPolicy
-	Hostname      string           // the j macro; default smtpd's admd/greeting name
-	DaemonName    string           // the {daemon_name} macro; default the j macro
+	Milters       []*milter.Pool // in the order each message goes through them
+	DefaultAction Action         // when a milter fails
+	Policy        Policy         // what the filter protocol cannot carry; zero fields mean DefaultPolicy
+	Hostname      string         // the j macro; default smtpd's admd/greeting name
+	DaemonName    string         // the {daemon_name} macro; default the j macro
 	Log           *zap.Logger
 	// ShutdownTimeout bounds how long sessions in flight may take to
 	// finish once smtpd has closed the pipe (or SIGTERM came).

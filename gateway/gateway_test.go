@@ -28,15 +28,15 @@ type pipe struct {
 
 func startGateway(t *testing.T, action Action, specs ...string) *pipe {
 	t.Helper()
-	var clients []*milter.Client
+	var clients []*milter.Pool
+	opts := milter.DefaultOptions
+	opts.ConnectTimeout, opts.CommandTimeout, opts.ContentTimeout = 2*time.Second, 2*time.Second, 2*time.Second
 	for _, s := range specs {
-		sp, err := milter.ParseSpec(s)
+		c, err := milter.ParseConfig(s, opts)
 		if err != nil {
 			t.Fatal(err)
 		}
-		opts := milter.DefaultOptions
-		opts.ConnectTimeout, opts.CommandTimeout, opts.ContentTimeout = 2*time.Second, 2*time.Second, 2*time.Second
-		clients = append(clients, milter.NewClient(s, sp, opts))
+		clients = append(clients, milter.NewPool(c))
 	}
 	g := New(Config{Milters: clients, DefaultAction: action, Log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
 	inR, inW := io.Pipe()
@@ -423,4 +423,38 @@ func TestShutdownIsBounded(t *testing.T) {
 	if d := time.Since(start); d < 200*time.Millisecond {
 		t.Errorf("Run returned after %v: it should wait for the session up to the bound", d)
 	}
+}
+
+func TestPoolFailoverReplaysTheSession(t *testing.T) {
+	a := miltertest.Start(t, miltertest.Script{})
+	b := miltertest.Start(t, miltertest.Script{
+		EOM: func(m djmilter.Modifier) (*djmilter.Response, error) {
+			_ = m.AddHeader("X-Endpoint", "b")
+			return djmilter.RespAccept, nil
+		},
+	})
+	p := startGateway(t, Tempfail, a.Spec+","+b.Spec)
+	p.handshake()
+	p.openSession("b@test.example", "c@test.example")
+	if len(a.Seen()) != 1 || len(b.Seen()) != 0 {
+		t.Fatalf("the session should have started on the first endpoint: a=%d b=%d", len(a.Seen()), len(b.Seen()))
+	}
+	a.Stop() // the endpoint dies mid-transaction
+	p.sendMessage([]string{"Subject: x", "", "body"})
+	p.expect(dataline("Subject: x"), dataline("X-Endpoint: b"), dataline(""), dataline("body"), dataline("."))
+	p.send(req("commit", ""))
+	p.expect(result("proceed"))
+	seen := b.Seen()
+	if len(seen) != 1 || seen[0].Helo != "client.example" || seen[0].From != "a@test.example" ||
+		strings.Join(seen[0].Rcpts, ",") != "b@test.example,c@test.example" || string(seen[0].Body) != "body\r\n" {
+		t.Errorf("the second endpoint did not get the replayed session: %+v", seen)
+	}
+}
+
+func TestPerMilterDefaultAction(t *testing.T) {
+	// The global default is tempfail; this milter's own setting accepts.
+	p := startGateway(t, Tempfail, "inet:127.0.0.1:1{default_action=accept}")
+	p.handshake()
+	p.send(req("connect", "localhost|127.0.0.1"))
+	p.expect(result("proceed"))
 }

@@ -25,7 +25,7 @@ type session struct {
 	layout compat.Layout
 	macros *milter.Macros
 
-	milters []*milter.Session // in configured order; nil once a milter is out of the session
+	milters []*slot // in configured order
 	opened  bool
 	failed  bool // a panic was recovered: milters dropped, default action applies
 
@@ -99,12 +99,7 @@ func (s *session) handle(ev any) (done bool) {
 
 func (s *session) recoverFrom(ev any) bool {
 	s.failed = true
-	for i, m := range s.milters {
-		if m != nil {
-			_ = m.Close()
-			s.milters[i] = nil
-		}
-	}
+	s.closeMilters()
 	failure := s.g.cfg.DefaultAction.failure()
 	if failure.decision != protocol.Proceed {
 		s.sticky = &failure
@@ -202,21 +197,21 @@ func (s *session) send(r protocol.Request, a answer) {
 // order, and stops at the first that refuses: a refusal by one milter
 // overrides the others, and later milters do not see that command
 // (Postfix's rule). A refusal at connect or HELO covers the connection.
-func (s *session) each(stage string, connScope bool, call func(*milter.Session) (milter.Verdict, error)) answer {
-	for i, m := range s.milters {
-		if m == nil || m.Done() {
+func (s *session) each(stage string, connScope bool, c call) answer {
+	for _, sl := range s.milters {
+		if !sl.active() {
 			continue
 		}
-		v, err := call(m)
+		v, err := s.do(sl, stage, c, true)
 		if err != nil {
-			if a, stop := s.milterFailed(i, err); stop {
+			if a, stop := s.milterFailed(sl, err); stop {
 				return a
 			}
 			continue
 		}
 		switch v.Kind {
 		case milter.Reject, milter.Tempfail:
-			a := s.refuse(m, stage, v)
+			a := s.refuse(sl, stage, v)
 			if a.decision == protocol.Proceed {
 				continue
 			}
@@ -227,7 +222,7 @@ func (s *session) each(stage string, connScope bool, call func(*milter.Session) 
 		case milter.Discard:
 			// The whole message is dropped, whatever stage said so; the
 			// filter protocol has no silent drop, so commit refuses it.
-			s.log.Info("milter discards the message", zap.String("milter", m.String()), zap.String("stage", stage))
+			s.log.Info("milter discards the message", zap.String("milter", sl.name()), zap.String("stage", stage))
 			s.discard = true
 			return proceed
 		}
@@ -238,14 +233,14 @@ func (s *session) each(stage string, connScope bool, call func(*milter.Session) 
 // refuse turns a milter's refusal into the answer for smtpd. A reply the
 // filter protocol cannot carry gets the default action, as any other
 // protocol error of a milter does.
-func (s *session) refuse(m *milter.Session, stage string, v milter.Verdict) answer {
+func (s *session) refuse(sl *slot, stage string, v milter.Verdict) answer {
 	a, err := refusal(v)
 	if err != nil {
-		s.log.Warn("invalid reply from milter; applying the default action", zap.String("milter", m.String()),
-			zap.String("stage", stage), zap.Error(err), zap.Stringer("default_action", s.g.cfg.DefaultAction))
-		return s.g.cfg.DefaultAction.failure()
+		s.log.Warn("invalid reply from milter; applying the default action", zap.String("milter", sl.name()),
+			zap.String("stage", stage), zap.Error(err), zap.Stringer("default_action", sl.action))
+		return sl.action.failure()
 	}
-	s.log.Info("milter refused", zap.String("milter", m.String()), zap.String("stage", stage), zap.String("reply", a.reply))
+	s.log.Info("milter refused", zap.String("milter", sl.name()), zap.String("stage", stage), zap.String("reply", a.reply))
 	return a
 }
 
@@ -253,11 +248,14 @@ func (s *session) refuse(m *milter.Session, stage string, v milter.Verdict) answ
 // the default action: accept goes on without it; tempfail and reject answer
 // this and every later request of the session, as Postfix's sticky default
 // reply does.
-func (s *session) milterFailed(i int, err error) (answer, bool) {
-	s.milters[i] = nil
-	a := s.g.cfg.DefaultAction.failure()
-	s.log.Warn("milter failed; applying the default action",
-		zap.Error(err), zap.Stringer("default_action", s.g.cfg.DefaultAction))
+func (s *session) milterFailed(sl *slot, err error) (answer, bool) {
+	if sl.m != nil {
+		_ = sl.m.Close()
+		sl.m = nil
+	}
+	a := sl.action.failure()
+	s.log.Warn("milter failed; applying the default action", zap.String("milter", sl.name()),
+		zap.Error(err), zap.Stringer("default_action", sl.action))
 	if a.decision == protocol.Proceed {
 		return a, false
 	}
@@ -281,16 +279,21 @@ func (s *session) openMilters() (answer, bool) {
 		return proceed, true
 	}
 	s.opened = true
-	s.milters = make([]*milter.Session, len(s.g.cfg.Milters))
-	for i, c := range s.g.cfg.Milters {
-		m, err := c.Open(s.macros)
+	s.milters = make([]*slot, len(s.g.cfg.Milters))
+	for i, p := range s.g.cfg.Milters {
+		sl := &slot{pool: p, action: s.g.cfg.DefaultAction}
+		if p.Config.DefaultAction != "" {
+			sl.action, _ = ParseAction(p.Config.DefaultAction)
+		}
+		s.milters[i] = sl
+		m, err := p.Open(s.macros)
 		if err != nil {
-			if a, stop := s.milterFailed(i, err); stop {
+			if a, stop := s.milterFailed(sl, err); stop {
 				return a, false
 			}
 			continue
 		}
-		s.milters[i] = m
+		sl.m = m
 	}
 	return proceed, true
 }
@@ -367,8 +370,8 @@ func (s *session) data() answer {
 	}
 	a := s.each("data", false, func(m *milter.Session) (milter.Verdict, error) { return m.Data() })
 	s.passthrough = true
-	for _, m := range s.milters {
-		if m != nil && m.WantsMessage() {
+	for _, sl := range s.milters {
+		if sl.m != nil && sl.m.WantsMessage() {
 			s.passthrough = false
 		}
 	}
@@ -430,31 +433,37 @@ func (s *session) finishData(token string, filter bool) {
 // each sees the message with the changes of the milters before it applied,
 // so a DKIM signer placed after a content filter signs the final text.
 func (s *session) filterMessage() {
-	for i, m := range s.milters {
-		if m == nil || m.Done() {
+	for _, sl := range s.milters {
+		if !sl.active() {
 			continue
 		}
 		if s.discard || s.commit.decision != protocol.Proceed {
 			return
 		}
-		v, mods, err := s.messageTo(m)
+		var mods []milter.Modification
+		v, err := s.do(sl, "message", func(m *milter.Session) (milter.Verdict, error) {
+			var v milter.Verdict
+			var err error
+			v, mods, err = s.messageTo(m)
+			return v, err
+		}, false)
 		if err != nil {
-			if a, stop := s.milterFailed(i, err); stop {
+			if a, stop := s.milterFailed(sl, err); stop {
 				s.commit = a
 			}
 			continue
 		}
 		for _, err := range s.msg.apply(mods) {
-			s.log.Warn("refused a header change from milter", zap.String("milter", m.String()), zap.Error(err))
+			s.log.Warn("refused a header change from milter", zap.String("milter", sl.name()), zap.Error(err))
 		}
-		s.policyFor(m, mods)
+		s.policyFor(sl, mods)
 		switch v.Kind {
 		case milter.Reject, milter.Tempfail:
-			if a := s.refuse(m, "end of message", v); a.decision != protocol.Proceed {
+			if a := s.refuse(sl, "end of message", v); a.decision != protocol.Proceed {
 				s.commit = a
 			}
 		case milter.Discard:
-			s.log.Info("milter discards the message", zap.String("milter", m.String()))
+			s.log.Info("milter discards the message", zap.String("milter", sl.name()))
 			s.discard = true
 		}
 	}
@@ -462,7 +471,7 @@ func (s *session) filterMessage() {
 
 // policyFor applies the policy to what the filter protocol cannot carry:
 // envelope changes (smtpd fixed the envelope at RCPT) and quarantine.
-func (s *session) policyFor(m *milter.Session, mods []milter.Modification) {
+func (s *session) policyFor(sl *slot, mods []milter.Modification) {
 	pol := s.g.cfg.Policy
 	for _, mod := range mods {
 		switch {
@@ -470,10 +479,10 @@ func (s *session) policyFor(m *milter.Session, mods []milter.Modification) {
 			switch pol.Envelope {
 			case "ignore":
 				s.log.Warn("ignoring an envelope change the filter protocol cannot make",
-					zap.String("milter", m.String()), zap.Stringer("change", mod.Kind), zap.String("address", mod.Addr), zap.String("args", mod.Args))
+					zap.String("milter", sl.name()), zap.Stringer("change", mod.Kind), zap.String("address", mod.Addr), zap.String("args", mod.Args))
 			default:
 				s.log.Warn("milter asked for an envelope change the filter protocol cannot make; refusing the message",
-					zap.String("milter", m.String()), zap.Stringer("change", mod.Kind), zap.String("address", mod.Addr), zap.String("policy", pol.Envelope))
+					zap.String("milter", sl.name()), zap.Stringer("change", mod.Kind), zap.String("address", mod.Addr), zap.String("policy", pol.Envelope))
 				if s.commit.decision == protocol.Proceed {
 					s.commit = answer{protocol.Reject, replyEnvelope}
 					if pol.Envelope == "reject" {
@@ -482,7 +491,7 @@ func (s *session) policyFor(m *milter.Session, mods []milter.Modification) {
 				}
 			}
 		case mod.Kind == milter.Quarantine:
-			s.log.Warn("milter quarantines the message", zap.String("milter", m.String()),
+			s.log.Warn("milter quarantines the message", zap.String("milter", sl.name()),
 				zap.String("reason", mod.Reason), zap.String("policy", pol.Quarantine))
 			switch pol.Quarantine {
 			case "reject":
@@ -617,12 +626,13 @@ func (s *session) linkConnect(e protocol.LinkConnect) {
 // resetTransaction ends the transaction in progress, for the milters too
 // (SMFIC_ABORT, only where a transaction is open).
 func (s *session) resetTransaction() {
-	for i, m := range s.milters {
-		if m == nil {
+	for _, sl := range s.milters {
+		sl.tx = nil
+		if sl.m == nil {
 			continue
 		}
-		if err := m.Abort(); err != nil {
-			s.milterFailed(i, err)
+		if err := sl.m.Abort(); err != nil {
+			s.milterFailed(sl, err)
 		}
 	}
 	for _, name := range []string{milter.MacroQueueID, milter.MacroMailAddr, milter.MacroMailHost, milter.MacroRcptAddr, milter.MacroRcptHost} {
@@ -632,10 +642,10 @@ func (s *session) resetTransaction() {
 }
 
 func (s *session) closeMilters() {
-	for i, m := range s.milters {
-		if m != nil {
-			_ = m.Close()
-			s.milters[i] = nil
+	for _, sl := range s.milters {
+		if sl.m != nil {
+			_ = sl.m.Close()
+			sl.m = nil
 		}
 	}
 }

@@ -16,10 +16,10 @@ type writer struct {
 	mu     sync.RWMutex // send holds it shared; close exclusively
 	closed bool
 	ch     chan []byte
-	done chan struct{}
-	err  error       // the first write error; read only after done closes
-	dead atomic.Bool // a write failed
-	once sync.Once
+	done   chan struct{}
+	err    error       // the first write error; read only after done closes
+	dead   atomic.Bool // a write failed
+	once   sync.Once
 }
 
 func newWriter(w io.Writer) *writer {

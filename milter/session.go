@@ -15,6 +15,7 @@ type Options struct {
 	CommandTimeout time.Duration // CONNECT, HELO, MAIL, RCPT, DATA (Postfix: milter_command_timeout)
 	ContentTimeout time.Duration // HEADER, EOH, BODY, end of message (Postfix: milter_content_timeout)
 	MaxPacket      uint32        // the largest packet accepted from the milter
+	Version        uint32        // the highest protocol version offered (2 to 6; 0 means 6)
 }
 
 // DefaultOptions are Postfix's defaults.
@@ -48,8 +49,28 @@ func NewClient(name string, spec Spec, opts Options) *Client {
 	if opts.MaxPacket == 0 {
 		opts.MaxPacket = DefaultOptions.MaxPacket
 	}
+	version := opts.Version
+	if version == 0 {
+		version = djmilter.MaxClientProtocolVersion
+	}
+	actions := offeredActions
+	var protocol djmilter.OptProtocol // 0: go-milter offers every flag of version 6
+	if version < 6 {
+		// What versions 2 to 4 know (mfdef.h SMFI_V2_ACTS, SMFI_V2_PROT,
+		// NOUNKNOWN from 3, NODATA from 4).
+		actions &= djmilter.OptAddHeader | djmilter.OptChangeBody | djmilter.OptAddRcpt | djmilter.OptRemoveRcpt | djmilter.OptChangeHeader | djmilter.OptQuarantine
+		protocol = djmilter.OptNoConnect | djmilter.OptNoHelo | djmilter.OptNoMailFrom | djmilter.OptNoRcptTo | djmilter.OptNoBody | djmilter.OptNoHeaders | djmilter.OptNoEOH
+		if version >= 3 {
+			protocol |= djmilter.OptNoUnknown
+		}
+		if version >= 4 {
+			protocol |= djmilter.OptNoData
+		}
+	}
 	return &Client{Name: name, Spec: spec, opts: opts, djOptions: []djmilter.Option{
-		djmilter.WithActions(offeredActions),
+		djmilter.WithMaximumVersion(version),
+		djmilter.WithProtocols(protocol),
+		djmilter.WithActions(actions),
 		// go-milter applies a deadline only when its timeout is not zero;
 		// conn replaces the value with the current stage's own timeout.
 		djmilter.WithReadTimeout(time.Hour),

@@ -36,7 +36,7 @@ func main() {
 func run(args []string) int {
 	fs := flag.NewFlagSet("filter-milter", flag.ContinueOnError)
 	var specs specList
-	fs.Var(&specs, "milter", "milter socket: unix:/path, inet:host:port, inet:port@host, inet6:[addr]:port (repeat for several milters, in order)")
+	fs.Var(&specs, "milter", "a milter: unix:/path, inet:host:port, inet:port@host or inet6:[addr]:port; several endpoints of one role separated by commas form a pool; settings in braces: {default_action=accept, connect_timeout=10s, command_timeout=10s, content_timeout=5m, protocol=6}. Repeat for several milters, in order")
 	defaultAction := fs.String("default-action", "tempfail", "what a session gets when a milter fails or times out: tempfail, accept or reject")
 	connectTimeout := fs.Duration("connect-timeout", milter.DefaultOptions.ConnectTimeout, "time to connect to a milter and negotiate")
 	commandTimeout := fs.Duration("command-timeout", milter.DefaultOptions.CommandTimeout, "time a milter has to answer CONNECT, HELO, MAIL, RCPT and DATA")
@@ -76,14 +76,14 @@ func run(args []string) int {
 	}
 	opts := milter.DefaultOptions
 	opts.ConnectTimeout, opts.CommandTimeout, opts.ContentTimeout = *connectTimeout, *commandTimeout, *contentTimeout
-	var clients []*milter.Client
+	var clients []*milter.Pool
 	for _, s := range specs {
-		spec, err := milter.ParseSpec(s)
+		c, err := milter.ParseConfig(s, opts)
 		if err != nil {
 			log.Error("bad -milter", zap.Error(err))
 			return 2
 		}
-		clients = append(clients, milter.NewClient(s, spec, opts))
+		clients = append(clients, milter.NewPool(c))
 	}
 
 	// A write to a closed stdout must be an error we can log, not a

@@ -41,7 +41,11 @@ type Server struct {
 	Spec string // "inet:127.0.0.1:port" for the gateway's -milter
 	mu   sync.Mutex
 	seen []*Seen
+	stop func()
 }
+
+// Stop closes the listener and every connection, as a milter that dies.
+func (s *Server) Stop() { s.stop() }
 
 // Start runs a milter with the given script and server options (protocol
 // flags, actions) on 127.0.0.1 until the test ends.
@@ -65,7 +69,9 @@ func Start(t testing.TB, script Script, opts ...djmilter.Option) *Server {
 	ms := djmilter.NewServer(opts...)
 	done := make(chan struct{})
 	go func() { _ = ms.Serve(ln); close(done) }()
-	t.Cleanup(func() { _ = ms.Close(); <-done })
+	var once sync.Once
+	srv.stop = func() { once.Do(func() { _ = ms.Close(); <-done }) }
+	t.Cleanup(srv.stop)
 	return srv
 }
 

@@ -1,0 +1,99 @@
+package milter
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is one milter as the postmaster configured it: one endpoint, or a
+// pool of endpoints that serve the same role, and its settings.
+type Config struct {
+	Name          string // as written, for logs
+	Endpoints     []Spec
+	Options       Options
+	DefaultAction string // "" means the global default action
+}
+
+// ParseConfig reads a milter setting in Postfix's per-milter notation,
+// with several endpoints separated by commas forming a pool:
+//
+//	inet:127.0.0.1:8891
+//	inet:127.0.0.1:8891{default_action=accept, command_timeout=10s}
+//	inet:10.0.0.1:11332,inet:10.0.0.2:11332{content_timeout=2m}
+//
+// Settings: default_action (tempfail, accept, reject), connect_timeout,
+// command_timeout, content_timeout (Go durations, or seconds as Postfix
+// writes them) and protocol (2 to 6). base supplies the settings not given.
+func ParseConfig(s string, base Options) (Config, error) {
+	c := Config{Name: s, Options: base}
+	endpoints, settings := s, ""
+	if i := strings.IndexByte(s, '{'); i >= 0 {
+		if !strings.HasSuffix(strings.TrimSpace(s), "}") {
+			return c, fmt.Errorf("milter %q: settings must end with '}'", s)
+		}
+		endpoints, settings = s[:i], strings.TrimSuffix(strings.TrimSpace(s[i+1:]), "}")
+	}
+	for _, e := range strings.Split(endpoints, ",") {
+		spec, err := ParseSpec(strings.TrimSpace(e))
+		if err != nil {
+			return c, err
+		}
+		c.Endpoints = append(c.Endpoints, spec)
+	}
+	for _, kv := range strings.Split(settings, ",") {
+		if strings.TrimSpace(kv) == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(kv, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		if !ok || v == "" {
+			return c, fmt.Errorf("milter %q: setting %q: want name=value", s, kv)
+		}
+		var err error
+		switch k {
+		case "default_action":
+			switch v {
+			case "tempfail", "accept", "reject":
+				c.DefaultAction = v
+			default:
+				err = fmt.Errorf("want tempfail, accept or reject")
+			}
+		case "connect_timeout":
+			c.Options.ConnectTimeout, err = duration(v)
+		case "command_timeout":
+			c.Options.CommandTimeout, err = duration(v)
+		case "content_timeout":
+			c.Options.ContentTimeout, err = duration(v)
+		case "protocol":
+			var n int
+			n, err = strconv.Atoi(v)
+			if err == nil && (n < 2 || n > 6) {
+				err = fmt.Errorf("want 2 to 6")
+			}
+			c.Options.Version = uint32(n)
+		default:
+			err = fmt.Errorf("unknown setting (want default_action, connect_timeout, command_timeout, content_timeout or protocol)")
+		}
+		if err != nil {
+			return c, fmt.Errorf("milter %q: %s=%s: %v", s, k, v, err)
+		}
+	}
+	return c, nil
+}
+
+// duration reads "10s", "2m" or, as Postfix allows, plain seconds.
+func duration(v string) (time.Duration, error) {
+	if n, err := strconv.Atoi(v); err == nil {
+		if n <= 0 {
+			return 0, fmt.Errorf("must be positive")
+		}
+		return time.Duration(n) * time.Second, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err == nil && d <= 0 {
+		err = fmt.Errorf("must be positive")
+	}
+	return d, err
+}

@@ -1,0 +1,118 @@
+package milter
+
+import (
+	"errors"
+	"sync"
+	"time"
+)
+
+// Pool is one milter role served by several endpoints. Sessions are spread
+// over the endpoints in turn; an endpoint that cannot be reached is marked
+// down and tried again after a backoff that doubles up to a minute.
+type Pool struct {
+	Config Config
+	mu     sync.Mutex
+	eps    []*endpoint
+	next   int
+}
+
+type endpoint struct {
+	client    *Client
+	downUntil time.Time
+	backoff   time.Duration
+}
+
+const (
+	minBackoff = time.Second
+	maxBackoff = time.Minute
+)
+
+// NewPool prepares a pool; nothing is dialled until Open.
+func NewPool(c Config) *Pool {
+	p := &Pool{Config: c}
+	for _, spec := range c.Endpoints {
+		p.eps = append(p.eps, &endpoint{client: NewClient(spec.String(), spec, c.Options)})
+	}
+	return p
+}
+
+// Name is the milter as configured.
+func (p *Pool) Name() string { return p.Config.Name }
+
+// Size is the number of endpoints.
+func (p *Pool) Size() int { return len(p.eps) }
+
+// Open opens a session on the next endpoint that is up, trying the others
+// when it fails; when every endpoint is down it tries them all anyway
+// rather than fail without trying. It returns the last error when none
+// answers.
+func (p *Pool) Open(macros *Macros) (*Session, error) {
+	return p.open(macros, nil)
+}
+
+// OpenOther is Open for failover: it avoids the endpoint of the session
+// that failed, and marks that endpoint down.
+func (p *Pool) OpenOther(failed *Session, macros *Macros) (*Session, error) {
+	if failed != nil {
+		p.markDown(failed.c)
+	}
+	return p.open(macros, failed)
+}
+
+func (p *Pool) open(macros *Macros, avoid *Session) (*Session, error) {
+	var last error = errors.New("no endpoint")
+	for _, ep := range p.order(avoid) {
+		s, err := ep.client.Open(macros)
+		if err != nil {
+			p.markDown(ep.client)
+			last = err
+			continue
+		}
+		p.markUp(ep)
+		return s, nil
+	}
+	return nil, last
+}
+
+// order lists the endpoints to try: those up first, in round-robin order
+// from the next one, then those down.
+func (p *Pool) order(avoid *Session) []*endpoint {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := time.Now()
+	start := p.next
+	p.next = (p.next + 1) % len(p.eps)
+	var up, down []*endpoint
+	for i := range p.eps {
+		ep := p.eps[(start+i)%len(p.eps)]
+		if avoid != nil && ep.client == avoid.c {
+			continue
+		}
+		if now.Before(ep.downUntil) {
+			down = append(down, ep)
+		} else {
+			up = append(up, ep)
+		}
+	}
+	return append(up, down...)
+}
+
+func (p *Pool) markDown(c *Client) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, ep := range p.eps {
+		if ep.client == c {
+			ep.backoff = min(max(ep.backoff*2, minBackoff), maxBackoff)
+			ep.downUntil = time.Now().Add(ep.backoff)
+		}
+	}
+}
+
+func (p *Pool) markUp(ep *endpoint) {
+	p.mu.Lock()
+	ep.backoff, ep.downUntil = 0, time.Time{}
+	p.mu.Unlock()
+}
+
+// Endpoint names the endpoint a session talks to.
+func (s *Session) Endpoint() string { return s.c.Name }
