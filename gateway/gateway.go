@@ -33,6 +33,8 @@ type Config struct {
 	// ShutdownTimeout bounds how long sessions in flight may take to
 	// finish once smtpd has closed the pipe (or SIGTERM came).
 	ShutdownTimeout time.Duration
+	// Observer hears each milter answer, error and message; nil means none.
+	Observer Observer
 }
 
 // Gateway serves one smtpd: it reads smtpd's lines, runs a session per
@@ -67,6 +69,9 @@ func New(cfg Config) *Gateway {
 	}
 	if cfg.Policy.Envelope == "" {
 		cfg.Policy.Envelope = DefaultPolicy.Envelope
+	}
+	if cfg.Observer == nil {
+		cfg.Observer = NopObserver{}
 	}
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = 30 * time.Second
@@ -192,6 +197,7 @@ func (g *Gateway) dispatch(id string, ev any, last bool) {
 		s = g.newSession(id)
 		g.sessions[id] = s
 		g.live.Add(1)
+		g.cfg.Observer.SessionOpened(id)
 	}
 	if last {
 		delete(g.sessions, id)
@@ -236,7 +242,10 @@ func (g *Gateway) reap(now time.Time) {
 	}
 }
 
-func (g *Gateway) sessionGone() { g.live.Add(-1) }
+func (g *Gateway) sessionGone(id string) {
+	g.live.Add(-1)
+	g.cfg.Observer.SessionClosed(id)
+}
 
 // Sessions is the number of sessions still running, for tests and metrics.
 func (g *Gateway) Sessions() int { return int(g.live.Load()) }

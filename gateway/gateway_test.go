@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -457,4 +458,45 @@ func TestPerMilterDefaultAction(t *testing.T) {
 	p.handshake()
 	p.send(req("connect", "localhost|127.0.0.1"))
 	p.expect(result("proceed"))
+}
+
+type recorder struct {
+	NopObserver
+	mu     sync.Mutex
+	stages []string
+	done   []string
+}
+
+func (r *recorder) MilterReply(_, _, stage string, v milter.Verdict, _ time.Duration) {
+	r.mu.Lock()
+	r.stages = append(r.stages, stage+"="+v.Kind.String())
+	r.mu.Unlock()
+}
+
+func (r *recorder) MessageDone(_, queueID, decision, _ string, size int) {
+	r.mu.Lock()
+	r.done = append(r.done, fmt.Sprintf("%s %s %d", queueID, decision, size))
+	r.mu.Unlock()
+}
+
+func TestObserverHearsEachStage(t *testing.T) {
+	srv := miltertest.Start(t, miltertest.Script{})
+	p := startGateway(t, Tempfail, srv.Spec)
+	rec := &recorder{}
+	p.g.cfg.Observer = rec
+	p.handshake()
+	p.openSession("b@test.example")
+	p.sendMessage([]string{"Subject: x", "", "body"})
+	p.expect(dataline("Subject: x"), dataline(""), dataline("body"), dataline("."))
+	p.send(req("commit", ""))
+	p.expect(result("proceed"))
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	want := "connect=continue ehlo=continue mail=continue rcpt=continue data=continue header=continue eoh=continue body=continue eom=accept"
+	if got := strings.Join(rec.stages, " "); got != want {
+		t.Errorf("stages\n got %s\nwant %s", got, want)
+	}
+	if len(rec.done) != 1 || rec.done[0] != "2a4946c4 proceed 20" {
+		t.Errorf("message done: %q", rec.done)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -42,6 +43,7 @@ type session struct {
 	discard     bool
 	answered    bool // the request being handled has been answered
 
+	size       int          // bytes of the message's data lines, for the observer
 	chunk      []byte       // reused body chunk buffer
 	lastActive atomic.Int64 // when smtpd last sent something for the session (unix ns)
 }
@@ -66,7 +68,7 @@ type shutdown struct{}
 
 func (s *session) run() {
 	defer s.g.wg.Done()
-	defer s.g.sessionGone()
+	defer s.g.sessionGone(s.id)
 	for {
 		if s.handle(s.q.pop()) {
 			return
@@ -154,6 +156,7 @@ func (s *session) request(r protocol.Request) {
 			a = answer{protocol.Reject, replyDiscard}
 		}
 		s.logMessage(a)
+		s.g.cfg.Observer.MessageDone(s.id, s.macros.Get(milter.MacroQueueID), string(a.decision), a.reply, s.size)
 		s.send(r, a)
 		return
 	}
@@ -363,6 +366,7 @@ func (s *session) esmtpParams(verb string) []string {
 func (s *session) data() answer {
 	s.msg = newMessage()
 	s.commit = proceed
+	s.size = 0
 	if s.discard {
 		// Marking the message needs its lines; refusing it does not.
 		s.passthrough = s.g.cfg.Policy.Discard == "reject"
@@ -391,6 +395,7 @@ func (s *session) dataLine(r protocol.Request) {
 		s.finishData(r.Token, !s.passthrough && !s.failed)
 		return
 	}
+	s.size += len(r.Param) + 2 // as queued, with CRLF
 	if s.passthrough || s.failed {
 		s.g.out.send(protocol.AppendDataLine(nil, s.layout, s.id, r.Token, []byte(r.Param)))
 		return
@@ -444,7 +449,7 @@ func (s *session) filterMessage() {
 		v, err := s.do(sl, "message", func(m *milter.Session) (milter.Verdict, error) {
 			var v milter.Verdict
 			var err error
-			v, mods, err = s.messageTo(m)
+			v, mods, err = s.messageTo(sl, m)
 			return v, err
 		}, false)
 		if err != nil {
@@ -518,15 +523,15 @@ func (s *session) markJunk() {
 
 // messageTo sends the message to one milter: headers, end of headers, body
 // chunks (until the milter says SKIP), end of message.
-func (s *session) messageTo(m *milter.Session) (milter.Verdict, []milter.Modification, error) {
+func (s *session) messageTo(sl *slot, m *milter.Session) (milter.Verdict, []milter.Modification, error) {
 	for i := range s.msg.fields {
 		name, value := s.msg.headerValue(&s.msg.fields[i])
-		v, err := m.Header(name, value)
+		v, err := s.observe(sl, "header", func() (milter.Verdict, error) { return m.Header(name, value) })
 		if err != nil || v.Final() {
 			return v, nil, err
 		}
 	}
-	v, err := m.EndOfHeaders()
+	v, err := s.observe(sl, "eoh", m.EndOfHeaders)
 	if err != nil || v.Final() {
 		return v, nil, err
 	}
@@ -537,13 +542,34 @@ func (s *session) messageTo(m *milter.Session) (milter.Verdict, []milter.Modific
 		if m.SkipBody() {
 			return false
 		}
-		v, err = m.Body(chunk)
+		v, err = s.observe(sl, "body", func() (milter.Verdict, error) { return m.Body(chunk) })
 		return err == nil && !v.Final()
 	})
 	if err != nil || v.Final() {
 		return v, nil, err
 	}
-	return m.End()
+	var mods []milter.Modification
+	v, err = s.observe(sl, "eom", func() (milter.Verdict, error) {
+		var err error
+		v, mods, err = m.End()
+		return v, err
+	})
+	if err == nil && len(mods) > 0 {
+		s.g.cfg.Observer.Modifications(s.id, sl.name(), mods)
+	}
+	return v, mods, err
+}
+
+// observe times one milter call and tells the observer.
+func (s *session) observe(sl *slot, stage string, f func() (milter.Verdict, error)) (milter.Verdict, error) {
+	start := time.Now()
+	v, err := f()
+	if err != nil {
+		s.g.cfg.Observer.MilterError(s.id, sl.name(), stage, err)
+	} else {
+		s.g.cfg.Observer.MilterReply(s.id, sl.name(), stage, v, time.Since(start))
+	}
+	return v, err
 }
 
 func (s *session) report(r protocol.Report) (done bool) {

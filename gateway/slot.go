@@ -32,7 +32,13 @@ func (sl *slot) name() string { return sl.pool.Name() }
 // are kept, so the new endpoint is brought to the same state. Commands
 // answered otherwise end the milter's say in the scope anyway.
 func (s *session) do(sl *slot, stage string, c call, record bool) (milter.Verdict, error) {
-	v, err := c(sl.m)
+	timed := c
+	if record { // the message stage times each of its calls itself
+		timed = func(m *milter.Session) (milter.Verdict, error) {
+			return s.observe(sl, stage, func() (milter.Verdict, error) { return c(m) })
+		}
+	}
+	v, err := timed(sl.m)
 	for tries := 1; err != nil && tries < sl.pool.Size(); tries++ {
 		s.log.Warn("milter endpoint failed; moving the session to another endpoint",
 			zap.String("milter", sl.name()), zap.String("endpoint", sl.m.Endpoint()), zap.String("stage", stage), zap.Error(err))
@@ -46,7 +52,7 @@ func (s *session) do(sl *slot, stage string, c call, record bool) (milter.Verdic
 		if err = s.replay(sl); err != nil {
 			continue
 		}
-		v, err = c(sl.m)
+		v, err = timed(sl.m)
 	}
 	if err == nil && record && v.Kind == milter.Continue {
 		if stage == "connect" || stage == "helo" || stage == "ehlo" {

@@ -1,0 +1,35 @@
+package gateway
+
+import (
+	"time"
+
+	"github.com/filter-milter/filter-milter/milter"
+)
+
+// Observer hears what the gateway does: for metrics, the test command and
+// tracing. Its methods are called from session goroutines, concurrently;
+// they must be quick and must not block.
+type Observer interface {
+	SessionOpened(session string)
+	SessionClosed(session string)
+	// MilterReply is one answer of a milter at a stage (connect, helo,
+	// mail, rcpt, data, header, eoh, body, eom) and how long it took.
+	MilterReply(session, milter, stage string, v milter.Verdict, took time.Duration)
+	// MilterError is a milter that failed: unreachable, timed out, broke
+	// the protocol.
+	MilterError(session, milter, stage string, err error)
+	// Modifications are the changes a milter asked for at end of message.
+	Modifications(session, milter string, mods []milter.Modification)
+	// MessageDone is the answer to commit.
+	MessageDone(session, queueID, decision, reply string, size int)
+}
+
+// NopObserver observes nothing.
+type NopObserver struct{}
+
+func (NopObserver) SessionOpened(string)                                              {}
+func (NopObserver) SessionClosed(string)                                              {}
+func (NopObserver) MilterReply(string, string, string, milter.Verdict, time.Duration) {}
+func (NopObserver) MilterError(string, string, string, error)                         {}
+func (NopObserver) Modifications(string, string, []milter.Modification)               {}
+func (NopObserver) MessageDone(string, string, string, string, int)                   {}
