@@ -35,6 +35,12 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Observer hears each milter answer, error and message; nil means none.
 	Observer Observer
+	// BufferLimit is how much of one message is kept in memory before the
+	// rest goes to a temporary file in TempDir ("" means os.TempDir);
+	// MemoryBudget bounds the memory of all messages together.
+	BufferLimit  int
+	MemoryBudget int64
+	TempDir      string
 }
 
 // Gateway serves one smtpd: it reads smtpd's lines, runs a session per
@@ -47,6 +53,7 @@ type Gateway struct {
 	mu           sync.Mutex
 	sessions     map[string]*session
 	idleTimeout  time.Duration // smtpd's smtp-session-timeout
+	budget       *budget       // memory of all buffered messages
 	wg           sync.WaitGroup
 	live         atomic.Int64 // sessions whose goroutine still runs
 	smtpdVersion string
@@ -70,13 +77,20 @@ func New(cfg Config) *Gateway {
 	if cfg.Policy.Envelope == "" {
 		cfg.Policy.Envelope = DefaultPolicy.Envelope
 	}
+	if cfg.BufferLimit <= 0 {
+		cfg.BufferLimit = 1 << 20
+	}
+	if cfg.MemoryBudget <= 0 {
+		cfg.MemoryBudget = 64 << 20
+	}
 	if cfg.Observer == nil {
 		cfg.Observer = NopObserver{}
 	}
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = 30 * time.Second
 	}
-	return &Gateway{cfg: cfg, log: cfg.Log, sessions: make(map[string]*session), idleTimeout: 300 * time.Second}
+	return &Gateway{cfg: cfg, log: cfg.Log, sessions: make(map[string]*session), idleTimeout: 300 * time.Second,
+		budget: &budget{max: cfg.MemoryBudget}}
 }
 
 // Subscriptions are the reports and filter phases the gateway registers:

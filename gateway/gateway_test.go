@@ -500,3 +500,63 @@ func TestObserverHearsEachStage(t *testing.T) {
 		t.Errorf("message done: %q", rec.done)
 	}
 }
+
+func TestLargeMessageThroughASmallBuffer(t *testing.T) {
+	srv := miltertest.Start(t, miltertest.Script{
+		EOM: func(m djmilter.Modifier) (*djmilter.Response, error) {
+			_ = m.AddHeader("X-Seen", "yes")
+			return djmilter.RespAccept, nil
+		},
+	})
+	p := startGateway(t, Tempfail, srv.Spec)
+	p.g.cfg.BufferLimit = 1024
+	p.g.cfg.TempDir = t.TempDir()
+	p.handshake()
+	p.openSession("b@test.example")
+	lines := []string{"Subject: big", ""}
+	for i := 0; i < 5000; i++ {
+		lines = append(lines, fmt.Sprintf("line %d %s", i, strings.Repeat("y", 100)))
+	}
+	p.sendMessage(lines)
+	p.expect(dataline("Subject: big"), dataline("X-Seen: yes"))
+	for _, l := range lines[1:] {
+		p.expect(dataline(l))
+	}
+	p.expect(dataline("."))
+	p.send(req("commit", ""))
+	p.expect(result("proceed"))
+	want := 0
+	for _, l := range lines[2:] {
+		want += len(l) + 2
+	}
+	if got := len(srv.Seen()[0].Body); got != want {
+		t.Errorf("milter saw %d body bytes, want %d", got, want)
+	}
+	if used := p.g.budget.used.Load(); used != 0 {
+		t.Errorf("%d bytes of the budget still taken after the message", used)
+	}
+}
+
+func TestEchoEarlyWhenNoMilterCanChange(t *testing.T) {
+	// A milter that may only accept or reject: the lines go back at once,
+	// before the end of the message; only "." waits for its verdict.
+	srv := miltertest.Start(t, miltertest.Script{
+		EOM: func(djmilter.Modifier) (*djmilter.Response, error) {
+			return djmilter.RejectWithCodeAndReason(554, "5.7.1 no")
+		},
+	}, djmilter.WithActions(0))
+	p := startGateway(t, Tempfail, srv.Spec)
+	p.handshake()
+	p.openSession("b@test.example")
+	p.send(req("data", ""))
+	p.expect(result("proceed"))
+	p.send(req("data-line", "Subject: x"))
+	p.expect(dataline("Subject: x"))
+	p.send(req("data-line", ""), req("data-line", "body"), req("data-line", "."))
+	p.expect(dataline(""), dataline("body"), dataline("."))
+	p.send(req("commit", ""))
+	p.expect(result("reject|554 5.7.1 no"))
+	if got := string(srv.Seen()[0].Body); got != "body\r\n" {
+		t.Errorf("milter saw body %q", got)
+	}
+}

@@ -18,8 +18,7 @@ import (
 // names, unfolds values and cannot insert at a position
 // (shared/docs/milter-client.md §3.4).
 type message struct {
-	data []byte // every line's bytes, back to back
-	ends []int  // ends[i] is the end of line i in data
+	st *lineStore // the lines as received
 
 	fields    []field
 	bodyStart int  // index of the first body line
@@ -39,25 +38,21 @@ type field struct {
 
 func (f *field) raw() bool { return f.first >= 0 }
 
-func newMessage() *message {
-	return &message{data: make([]byte, 0, 4096), ends: make([]int, 0, 64)}
-}
+// newMessage keeps everything in memory (for tests).
+func newMessage() *message { return newMessageIn(newLineStore(1<<30, &budget{max: 1 << 62}, "")) }
+
+func newMessageIn(st *lineStore) *message { return &message{st: st} }
 
 // add appends one data line as received.
-func (m *message) add(line []byte) {
-	m.data = append(m.data, line...)
-	m.ends = append(m.ends, len(m.data))
-}
+func (m *message) add(line []byte) { m.st.add(line) }
 
-func (m *message) size() int { return len(m.data) }
+func (m *message) line(i int) []byte { return m.st.line(i) }
 
-func (m *message) line(i int) []byte {
-	start := 0
-	if i > 0 {
-		start = m.ends[i-1]
-	}
-	return m.data[start:m.ends[i]]
-}
+// err is set when the message could not be kept whole (a spilled part
+// could not be written or read back): it must not be delivered.
+func (m *message) err() error { return m.st.err }
+
+func (m *message) release() { m.st.release() }
 
 // unstuffed is line i as the message text has it: SMTP dot-stuffing (one
 // leading '.') removed. smtpd sends data lines still stuffed
@@ -74,7 +69,7 @@ func (m *message) unstuffed(i int) []byte {
 // line, or, as in Postfix, at the first line that is neither a field nor a
 // continuation: that line is then the first body line.
 func (m *message) parse() {
-	n := len(m.ends)
+	n := m.st.count()
 	i := 0
 	for ; i < n; i++ {
 		l := m.unstuffed(i)
@@ -148,22 +143,28 @@ func (m *message) body(buf []byte, fn func([]byte) bool) {
 		return
 	}
 	buf = buf[:0]
-	for i := m.bodyStart; i < len(m.ends); i++ {
-		buf = append(buf, m.unstuffed(i)...)
+	stopped := false
+	m.st.each(m.bodyStart, func(l []byte) bool {
+		if len(l) > 0 && l[0] == '.' {
+			l = l[1:]
+		}
+		buf = append(buf, l...)
 		buf = append(buf, '\r', '\n')
 		// Fill each chunk exactly, as Postfix does; lines may straddle chunks.
 		start := 0
 		for len(buf)-start >= milter.MaxChunk {
 			if !fn(buf[start : start+milter.MaxChunk]) {
-				return
+				stopped = true
+				return false
 			}
 			start += milter.MaxChunk
 		}
 		if start > 0 {
 			buf = append(buf[:0], buf[start:]...)
 		}
-	}
-	if len(buf) > 0 {
+		return true
+	})
+	if len(buf) > 0 && !stopped {
 		fn(buf)
 	}
 }
@@ -284,9 +285,7 @@ func (m *message) emit(fn func(line []byte)) {
 		fn(m.line(m.bodyStart - 1))
 	}
 	if !m.bodyReplaced {
-		for i := m.bodyStart; i < len(m.ends); i++ {
-			fn(m.line(i))
-		}
+		m.st.each(m.bodyStart, func(l []byte) bool { fn(l); return true })
 		return
 	}
 	body := m.newBody
@@ -303,7 +302,5 @@ func (m *message) emit(fn func(line []byte)) {
 
 // emitOriginal calls fn with the lines exactly as they were received.
 func (m *message) emitOriginal(fn func(line []byte)) {
-	for i := range m.ends {
-		fn(m.line(i))
-	}
+	m.st.each(0, func(l []byte) bool { fn(l); return true })
 }

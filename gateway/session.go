@@ -38,7 +38,8 @@ type session struct {
 
 	// The transaction in progress.
 	msg         *message
-	passthrough bool   // no milter wants the message: echo data lines at once
+	passthrough bool   // no milter wants the message: echo data lines at once, keep none
+	echoEarly   bool   // no milter can change the message: echo data lines at once, keep them for the milters
 	commit      answer // the answer for commit, decided at end of data
 	discard     bool
 	answered    bool // the request being handled has been answered
@@ -94,6 +95,7 @@ func (s *session) handle(ev any) (done bool) {
 		return s.report(e)
 	case shutdown:
 		s.closeMilters()
+		s.dropMessage()
 		return true
 	}
 	return false
@@ -109,7 +111,7 @@ func (s *session) recoverFrom(ev any) bool {
 	switch e := ev.(type) {
 	case protocol.Request:
 		if e.Phase == "data-line" {
-			if e.Param != "." && s.msg != nil && !s.passthrough {
+			if e.Param != "." && s.msg != nil && !s.passthrough && !s.echoEarly {
 				// Give back what was buffered; the rest is echoed as it comes.
 				out := make([]byte, 0, 64<<10)
 				s.msg.emitOriginal(func(line []byte) { out = protocol.AppendDataLine(out, s.layout, s.id, e.Token, line) })
@@ -149,7 +151,7 @@ func (s *session) request(r protocol.Request) {
 			// "."; a message still open here was ended early by a filter
 			// before this one in the chain, and smtpd has its lines.
 			s.log.Warn("commit before the end of the message; the buffered lines are dropped")
-			s.msg = nil
+			s.dropMessage()
 		}
 		a := s.commit
 		if s.discard && s.g.cfg.Policy.Discard == "reject" {
@@ -364,19 +366,24 @@ func (s *session) esmtpParams(verb string) []string {
 }
 
 func (s *session) data() answer {
-	s.msg = newMessage()
+	s.dropMessage()
+	s.msg = newMessageIn(newLineStore(s.g.cfg.BufferLimit, s.g.budget, s.g.cfg.TempDir))
 	s.commit = proceed
 	s.size = 0
+	s.echoEarly = false
 	if s.discard {
 		// Marking the message needs its lines; refusing it does not.
 		s.passthrough = s.g.cfg.Policy.Discard == "reject"
 		return proceed
 	}
 	a := s.each("data", false, func(m *milter.Session) (milter.Verdict, error) { return m.Data() })
-	s.passthrough = true
+	s.passthrough, s.echoEarly = true, s.g.cfg.Policy.Discard == "reject"
 	for _, sl := range s.milters {
 		if sl.m != nil && sl.m.WantsMessage() {
 			s.passthrough = false
+		}
+		if sl.m != nil && !sl.m.Done() && sl.m.CanChange() {
+			s.echoEarly = false
 		}
 	}
 	return a
@@ -396,9 +403,11 @@ func (s *session) dataLine(r protocol.Request) {
 		return
 	}
 	s.size += len(r.Param) + 2 // as queued, with CRLF
-	if s.passthrough || s.failed {
+	if s.passthrough || s.failed || s.echoEarly {
 		s.g.out.send(protocol.AppendDataLine(nil, s.layout, s.id, r.Token, []byte(r.Param)))
-		return
+		if s.passthrough || s.failed {
+			return
+		}
 	}
 	s.msg.add([]byte(r.Param))
 }
@@ -422,16 +431,33 @@ func (s *session) finishData(token string, filter bool) {
 			out = make([]byte, 0, 64<<10)
 		}
 	}
-	if s.msg != nil && !s.passthrough {
-		if filter && s.commit.decision == protocol.Proceed && (!s.discard || s.g.cfg.Policy.Discard == "junk") {
-			s.msg.emit(put)
-		} else {
-			// A refused message goes back as it came: commit rolls it back.
-			s.msg.emitOriginal(put)
+	switch {
+	case s.msg == nil || s.passthrough || s.echoEarly:
+		// Already written back line by line.
+	case filter && s.commit.decision == protocol.Proceed && (!s.discard || s.g.cfg.Policy.Discard == "junk"):
+		s.msg.emit(put)
+	default:
+		// A refused message goes back as it came: commit rolls it back.
+		s.msg.emitOriginal(put)
+	}
+	if s.msg != nil {
+		if err := s.msg.err(); err != nil {
+			// Part of the message was lost on disk: whatever the default
+			// action says, it must not be delivered. The client retries.
+			s.log.Error("message buffer failed; the message tempfails", zap.Error(err))
+			s.commit = answer{protocol.Reject, replyTempfail}
 		}
 	}
 	s.g.out.send(protocol.AppendDataLine(out, s.layout, s.id, token, []byte{'.'}))
-	s.msg = nil
+	s.dropMessage()
+}
+
+// dropMessage frees the message buffer and its temporary file.
+func (s *session) dropMessage() {
+	if s.msg != nil {
+		s.msg.release()
+		s.msg = nil
+	}
 }
 
 // filterMessage gives the message to each milter in turn, Postfix-style:
@@ -604,6 +630,7 @@ func (s *session) report(r protocol.Report) (done bool) {
 		s.resetTransaction()
 	case protocol.LinkDisconnect:
 		s.closeMilters()
+		s.dropMessage()
 		return true
 	}
 	return false
@@ -664,7 +691,8 @@ func (s *session) resetTransaction() {
 	for _, name := range []string{milter.MacroQueueID, milter.MacroMailAddr, milter.MacroMailHost, milter.MacroRcptAddr, milter.MacroRcptHost} {
 		s.macros.Set(name, "")
 	}
-	s.msg, s.passthrough, s.discard, s.commit = nil, false, false, proceed
+	s.dropMessage()
+	s.passthrough, s.echoEarly, s.discard, s.commit = false, false, false, proceed
 }
 
 func (s *session) closeMilters() {

@@ -171,6 +171,13 @@ func (s *Session) WantsMessage() bool {
 		!s.dj.ProtocolOption(djmilter.OptNoEOH) || s.dj.ActionOption(djmilter.OptAddHeader|djmilter.OptChangeHeader|djmilter.OptChangeBody)
 }
 
+// CanChange reports whether the milter negotiated any change to the
+// message text: headers, body, or quarantine (which the gateway marks in a
+// header).
+func (s *Session) CanChange() bool {
+	return s.dj.ActionOption(djmilter.OptAddHeader | djmilter.OptChangeHeader | djmilter.OptChangeBody | djmilter.OptQuarantine)
+}
+
 // call runs one go-milter command with the stage's timeout and turns its
 // answer into a Verdict. Any error breaks the session for good: Postfix
 // "poisons" the socket the same way, because a milter that missed or
