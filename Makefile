@@ -10,7 +10,11 @@ GO        ?= go
 TEST_TIMEOUT ?= 8m
 TESTFLAGS ?=
 
-.PHONY: all build deps test fmt-check vet unit demo clean
+# Each fuzz target runs this long in `make test`; their seed corpora live in
+# each package's testdata/fuzz/.
+FUZZTIME ?= 10s
+
+.PHONY: all build deps test fmt-check vet unit fuzz bench-smoke demo clean
 
 all: build
 
@@ -29,6 +33,19 @@ vet:
 
 test: deps fmt-check vet
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -v $(TESTFLAGS) ./...
+	$(MAKE) fuzz bench-smoke
+
+# The fuzz targets, each for a short fixed time: the filter protocol line
+# parser, the message model and modification applier, the milter replies.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./protocol
+	$(GO) test -run '^$$' -fuzz '^FuzzMessage$$' -fuzztime $(FUZZTIME) ./gateway
+	$(GO) test -run '^$$' -fuzz '^FuzzReplies$$' -fuzztime $(FUZZTIME) ./milter
+
+# Every Go benchmark once, so that they keep compiling and working; real
+# figures come from `make bench`.
+bench-smoke:
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
 
 demo: deps
 	$(GO) run ./integration/cmd/demo

@@ -121,6 +121,11 @@ func (c *Client) Open(macros *Macros) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("milter %s: connect: %w", c.Name, err)
 	}
+	return c.openOn(nc, macros)
+}
+
+// openOn negotiates on a connection that is already open.
+func (c *Client) openOn(nc net.Conn, macros *Macros) (*Session, error) {
 	mc := newConn(nc, c.opts.ConnectTimeout, c.opts.MaxPacket)
 	var m djmilter.Macros
 	if macros != nil {
