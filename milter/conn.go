@@ -6,7 +6,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -52,6 +54,10 @@ type conn struct {
 	swallowEmptyBody bool
 	fakeReply        bool
 	fake             []byte
+
+	// defaults are the macro lists per stage; set until negotiation has
+	// been read (see completeSymlists).
+	defaults [][]string
 }
 
 var emptyBody = []byte{0, 0, 0, 1, 'B'}
@@ -135,6 +141,14 @@ func (c *conn) Read(p []byte) (int, error) {
 	if err := c.flush(); err != nil {
 		return 0, err
 	}
+	if c.defaults != nil && c.remaining == 0 {
+		if err := c.completeSymlists(); err != nil {
+			return 0, err
+		}
+		if len(c.fake) > 0 {
+			return c.Read(p)
+		}
+	}
 	if c.remaining == 0 {
 		hdr, err := c.r.Peek(4)
 		if err != nil {
@@ -174,4 +188,46 @@ func (c *conn) Close() error {
 		return ferr
 	}
 	return cerr
+}
+
+// completeSymlists reads the milter's negotiation reply and, when it asks
+// for its own macro lists for some stages, adds the default lists for the
+// stages it did not name before go-milter sees the reply. Postfix and
+// Sendmail replace only the stages a milter asks for; go-milter would
+// leave every other stage without macros.
+func (c *conn) completeSymlists() error {
+	defaults := c.defaults
+	c.defaults = nil
+	hdr, err := c.r.Peek(5)
+	if err != nil {
+		return err
+	}
+	n := binary.BigEndian.Uint32(hdr)
+	if hdr[4] != 'O' || n <= 13 || n > c.maxPacket {
+		return nil // no symlists, or not a negotiation reply: left to go-milter
+	}
+	pkt := make([]byte, 4+n)
+	if _, err := io.ReadFull(c.r, pkt); err != nil {
+		return err
+	}
+	asked := map[uint32]bool{}
+	for rest := pkt[17:]; len(rest) >= 5; {
+		stage := binary.BigEndian.Uint32(rest)
+		end := bytes.IndexByte(rest[4:], 0)
+		if end < 0 {
+			break
+		}
+		asked[stage] = true
+		rest = rest[4+end+1:]
+	}
+	for stage, names := range defaults {
+		if asked[uint32(stage)] || len(names) == 0 {
+			continue
+		}
+		pkt = binary.BigEndian.AppendUint32(pkt, uint32(stage))
+		pkt = append(append(pkt, strings.Join(names, " ")...), 0)
+	}
+	binary.BigEndian.PutUint32(pkt, uint32(len(pkt)-4))
+	c.fake = append(c.fake, pkt...)
+	return nil
 }

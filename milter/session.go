@@ -127,6 +127,7 @@ func (c *Client) Open(macros *Macros) (*Session, error) {
 // openOn negotiates on a connection that is already open.
 func (c *Client) openOn(nc net.Conn, macros *Macros) (*Session, error) {
 	mc := newConn(nc, c.opts.ConnectTimeout, c.opts.MaxPacket)
+	mc.defaults = [][]string{connectMacros, heloMacros, mailMacros, rcptMacros, queueIDMacros, queueIDMacros, queueIDMacros}
 	var m djmilter.Macros
 	if macros != nil {
 		m = macros

@@ -428,3 +428,56 @@ func TestSessionEmptyBodySendsNoBodyPacket(t *testing.T) {
 		t.Errorf("commands on the wire %q, want %q (no B)", got, "CHMRTLNEMQ")
 	}
 }
+
+func TestSymlistForOneStageKeepsTheOthers(t *testing.T) {
+	// The milter asks for its own list at end of headers only: CONNECT
+	// must still carry the default connect macros, as with Postfix.
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	macroPackets := make(chan string, 16)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, err := readPacket(c); err != nil {
+			return
+		}
+		reply := []byte{'O', 0, 0, 0, 6, 0, 0, 0x01, 0xff, 0, 0, 0, 0}
+		reply = binary.BigEndian.AppendUint32(reply, 6) // SMFIM_EOH
+		reply = append(reply, "{daemon_name} i\x00"...)
+		writePacket(c, reply)
+		for {
+			p, err := readPacket(c)
+			if err != nil {
+				close(macroPackets)
+				return
+			}
+			switch p[0] {
+			case 'D':
+				macroPackets <- string(p[1:])
+			case 'Q':
+			default:
+				writePacket(c, []byte{'c'})
+			}
+		}
+	}()
+	macros := milter.NewMacros()
+	macros.Set(milter.MacroMTAName, "mx.test.example")
+	macros.Set(milter.MacroDaemonName, "smtpd")
+	ok := checker(t)
+	s := open(t, "inet:"+ln.Addr().String(), milter.DefaultOptions, macros)
+	ok(s.Connect("h", milter.FamilyInet, 1, "192.0.2.1"))
+	_ = s.Close()
+	var got []string
+	for p := range macroPackets {
+		got = append(got, p)
+	}
+	if len(got) == 0 || !strings.HasPrefix(got[0], "Cj\x00mx.test.example\x00") {
+		t.Errorf("macro packets %q: the connect stage lost its default list", got)
+	}
+}
