@@ -8,20 +8,35 @@ import (
 	"github.com/filter-milter/filter-milter/compat"
 )
 
-// Decision is the verb of a filter-result. The filter protocol has others
-// (junk, report) that filter-milter never sends: junk at commit and any
-// report line kill smtpd.
+// Decision is the verb of a filter-result line.
+//
+// The protocol has one more, report, which filter-milter never sends:
+// smtpd up to 7.5 dies on it ("Invalid directive") and later versions
+// feed its text to the SMTP command as if it were a rewrite.
 type Decision string
 
+// The decisions a filter-result can carry.
 const (
-	Proceed    Decision = "proceed"
-	Junk       Decision = "junk"
-	Reject     Decision = "reject"
+	// Proceed passes the request on to the next filter, or lets smtpd
+	// carry on after the last one.
+	Proceed Decision = "proceed"
+	// Junk marks the session or transaction as spam: smtpd adds
+	// "X-Spam: Yes" to the message. Answering junk to a commit request is
+	// fatal to smtpd ("filter-reponse junk after DATA"); send it before.
+	Junk Decision = "junk"
+	// Reject answers the SMTP command with the reply in the parameter.
+	Reject Decision = "reject"
+	// Disconnect sends the reply in the parameter and closes the session.
 	Disconnect Decision = "disconnect"
-	Rewrite    Decision = "rewrite"
+	// Rewrite replaces the command's argument with the parameter (for
+	// mail-from and rcpt-to, "<address>" with the brackets).
+	Rewrite Decision = "rewrite"
 )
 
-// AppendRegister appends "register|kind|subsystem|name\n".
+// AppendRegister appends "register|kind|subsystem|name\n", e.g.
+// register|report|smtp-in|link-connect or register|filter|smtp-in|data-line.
+// smtpd dies on an unknown event or phase name, and on a filter
+// registered for any subsystem but smtp-in.
 func AppendRegister(dst []byte, kind, subsystem, name string) []byte {
 	dst = append(dst, "register|"...)
 	dst = append(dst, kind...)
@@ -32,9 +47,15 @@ func AppendRegister(dst []byte, kind, subsystem, name string) []byte {
 	return append(dst, '\n')
 }
 
-// AppendRegisterReady appends "register|ready\n".
-func AppendRegisterReady(dst []byte) []byte { return append(dst, "register|ready\n"...) }
+// AppendRegisterReady appends "register|ready\n", which ends the
+// registration. smtpd serves no mail at all until every filter process
+// has sent it.
+func AppendRegisterReady(dst []byte) []byte {
+	return append(dst, "register|ready\n"...)
+}
 
+// appendIDs appends the session id and the token, in the order of l, and
+// the separator after them.
 func appendIDs(dst []byte, l compat.Layout, session, token string) []byte {
 	if l.TokenFirst {
 		session, token = token, session
@@ -45,11 +66,20 @@ func appendIDs(dst []byte, l compat.Layout, session, token string) []byte {
 	return append(dst, '|')
 }
 
-// AppendResult appends a filter-result line. Everything smtpd would die
-// on is refused here (smtpd answers a malformed filter line with fatalx):
-// a parameter after proceed or junk, a missing one after the others, a
-// reject or disconnect reply that is not a valid 4xx/5xx reply, CR, LF or
-// NUL in the parameter.
+// AppendResult appends the answer to a filter request,
+// "filter-result|SESSION|TOKEN|DECISION[|PARAM]\n" (TOKEN|SESSION in
+// protocol 0.4).
+//
+// smtpd reads a filter's lines in its lookup process and answers a bad
+// one with fatalx, which shuts the whole of smtpd down. So AppendResult
+// refuses, with an error and without appending anything, what smtpd
+// would die on or misread: an unknown decision; a parameter after
+// proceed or junk ("Unexpected parameter"); a missing one after reject,
+// disconnect or rewrite ("Missing parameter"); CR, LF or NUL in the
+// parameter (a LF would end the line early and make the rest a line of
+// its own). A reject or disconnect reply must also pass ValidReply, or
+// smtpd would replace it by "421 Internal server error" and drop the
+// client.
 func AppendResult(dst []byte, l compat.Layout, session, token string, d Decision, param string) ([]byte, error) {
 	switch d {
 	case Proceed, Junk:
@@ -58,14 +88,17 @@ func AppendResult(dst []byte, l compat.Layout, session, token string, d Decision
 		}
 	case Reject, Disconnect:
 		if !ValidReply(param) {
-			return dst, errors.New("protocol: " + string(d) + " needs a valid 4xx or 5xx reply, got " + strconv.Quote(param))
+			return dst, errors.New("protocol: " + string(d) + " needs a one-line 4xx or 5xx SMTP reply, got " + quoteParam(param))
 		}
 	case Rewrite:
-		if param == "" || strings.ContainsAny(param, "\r\n\x00") {
-			return dst, errors.New("protocol: rewrite needs a one-line parameter")
+		if param == "" {
+			return dst, errors.New("protocol: rewrite needs a parameter")
+		}
+		if hasLineBreak(param) {
+			return dst, errors.New("protocol: rewrite parameter " + quoteParam(param) + " contains CR, LF or NUL")
 		}
 	default:
-		return dst, errors.New("protocol: unknown decision " + strconv.Quote(string(d)))
+		return dst, errors.New("protocol: unknown decision " + quoteParam(string(d)))
 	}
 	dst = append(dst, "filter-result|"...)
 	dst = appendIDs(dst, l, session, token)
@@ -77,19 +110,41 @@ func AppendResult(dst []byte, l compat.Layout, session, token string, d Decision
 	return append(dst, '\n'), nil
 }
 
-// ValidReply reports whether smtpd takes s as a reject or disconnect reply:
-// "[45]NN " and some text, on one line. smtpd replaces anything else with
-// "421 Internal server error" and disconnects the client.
+// ValidReply reports whether smtpd takes s as the reply of a reject or
+// disconnect decision: at least 5 bytes, three digits of which the first
+// is 4 or 5, a space, and no CR, LF or NUL anywhere.
+//
+// smtpd checks the first part itself (valid_smtp_response) and replaces a
+// reply that fails it by "421 Internal server error", disconnecting the
+// client; a reply with a line break would be cut in two on the pipe and
+// kill smtpd. Note that smtpd turns any reply starting with 421 into a
+// disconnect, whatever the decision.
 func ValidReply(s string) bool {
-	if len(s) < 5 || (s[0] != '4' && s[0] != '5') || !digit(s[1]) || !digit(s[2]) || s[3] != ' ' {
+	if len(s) < 5 || (s[0] != '4' && s[0] != '5') || !isDigit(s[1]) || !isDigit(s[2]) || s[3] != ' ' {
 		return false
 	}
-	return !strings.ContainsAny(s, "\r\n\x00")
+	return !hasLineBreak(s)
 }
 
-func digit(c byte) bool { return '0' <= c && c <= '9' }
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
 
-// AppendDataLine appends "filter-dataline|session|token|line\n".
+func hasLineBreak(s string) bool { return strings.ContainsAny(s, "\r\n\x00") }
+
+func quoteParam(s string) string {
+	if len(s) > maxQuote {
+		s = s[:maxQuote] + "..."
+	}
+	return strconv.Quote(s)
+}
+
+// AppendDataLine appends "filter-dataline|SESSION|TOKEN|LINE\n"
+// (TOKEN|SESSION in protocol 0.4), one line of the message the filter
+// hands back in the data-line phase.
+//
+// line is written as is, still dot-stuffed as smtpd sent it: smtpd strips
+// one leading '.' from every line it gets back and takes a line of just
+// "." as the end of the message. line must not contain '\n', which would
+// end the protocol line early; lines from Reader never do.
 func AppendDataLine(dst []byte, l compat.Layout, session, token string, line []byte) []byte {
 	dst = append(dst, "filter-dataline|"...)
 	dst = appendIDs(dst, l, session, token)

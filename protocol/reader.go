@@ -1,6 +1,3 @@
-// Package protocol is OpenSMTPD's filter protocol (smtpd-filters(7)):
-// lines from smtpd to typed values, and the filter's lines back. It does
-// no I/O of its own beyond reading lines, and starts no goroutines.
 package protocol
 
 import (
@@ -9,73 +6,102 @@ import (
 	"io"
 )
 
-// ErrLineTooLong is returned for a line over the reader's limit; the rest
-// of that line is discarded and the reader stays usable.
+// ErrLineTooLong is returned by Reader.ReadLine for a line over the
+// reader's limit. The rest of that line has been discarded and the next
+// call reads the line after it.
 var ErrLineTooLong = errors.New("protocol: line too long")
 
-// Reader reads smtpd's lines. Unlike bufio.Scanner it has no 64 KiB limit
-// (a data line can be 65 KB on smtpd, a scanner's failure made
-// filter-rspamd exit and take smtpd down), and it splits on '\n' only: a
-// '\r' before it is message data and is kept.
+const (
+	// DefaultMaxLine is the line limit of a Reader made with maxLine <= 0.
+	// smtpd refuses client lines of 65535 bytes or more, so its longest
+	// data-line request is about 65.6 KB; the limit is far above that and
+	// only bounds memory against a runaway writer.
+	DefaultMaxLine = 16 << 20
+
+	// readBufSize holds any line smtpd sends in one piece, so that
+	// ReadLine returns a slice of the buffer and copies nothing.
+	readBufSize = 128 << 10
+
+	// keepBuf is the largest overflow buffer kept between lines: one very
+	// long line should not pin megabytes for the life of the process.
+	keepBuf = 1 << 20
+)
+
+// Reader reads the '\n'-terminated lines smtpd writes to a filter.
+//
+// It differs from bufio.Scanner in two ways that matter here. There is no
+// 64 KiB token limit: a data line can exceed it, and filter-rspamd, which
+// used a Scanner, exited on such a line and took smtpd down with it (smtpd
+// shuts down when a filter process exits). And lines are split on '\n'
+// only: smtpd strips one '\r' from each client line, so a '\r' that is
+// still there is message data and must be passed on, where
+// bufio.ScanLines would drop it.
 type Reader struct {
 	br  *bufio.Reader
 	max int
-	buf []byte
+	buf []byte // collects a line longer than br's buffer
 }
 
-// NewReader reads lines of at most maxLine bytes (16 MiB if maxLine <= 0).
+// NewReader returns a Reader of lines of at most maxLine bytes, not
+// counting the '\n'. maxLine <= 0 means DefaultMaxLine (16 MiB).
 func NewReader(r io.Reader, maxLine int) *Reader {
 	if maxLine <= 0 {
-		maxLine = 16 << 20
+		maxLine = DefaultMaxLine
 	}
-	return &Reader{br: bufio.NewReaderSize(r, 64<<10), max: maxLine}
+	return &Reader{br: bufio.NewReaderSize(r, readBufSize), max: maxLine}
 }
 
-// ReadLine returns the next line without its '\n'; the slice is valid until
-// the next call. A last line without '\n' is returned, then io.EOF.
+// ReadLine returns the next line without its '\n'. The slice is valid
+// until the next call.
+//
+// A last line that ends without '\n' is returned as a line, and the call
+// after it returns io.EOF. A line over the limit gives ErrLineTooLong
+// after the rest of it has been read and dropped, so the reader stays in
+// step with smtpd's lines. Other errors come from the underlying reader;
+// a partial line read before one is dropped.
 func (r *Reader) ReadLine() ([]byte, error) {
-	line, err := r.br.ReadSlice('\n')
-	if err == nil {
-		return line[:len(line)-1], nil
+	if cap(r.buf) > keepBuf {
+		r.buf = nil
 	}
-	if err != bufio.ErrBufferFull {
-		if len(line) > 0 && err == io.EOF {
-			return line, nil
-		}
-		return nil, err
-	}
-	// A line longer than the buffer: collect it.
-	r.buf = append(r.buf[:0], line...)
+	r.buf = r.buf[:0]
 	for {
-		line, err = r.br.ReadSlice('\n')
-		if len(r.buf)+len(line) > r.max+1 {
-			if err == nil {
-				return nil, ErrLineTooLong
-			}
+		frag, err := r.br.ReadSlice('\n')
+		n := len(r.buf) + len(frag)
+		if err == nil {
+			n-- // the '\n' is not part of the line
+		}
+		if n > r.max {
+			r.buf = r.buf[:0]
 			if err == bufio.ErrBufferFull {
-				r.buf = r.buf[:0]
-				if derr := r.discardLine(); derr != nil && derr != io.EOF {
-					return nil, derr
-				}
-				return nil, ErrLineTooLong
+				// An error while skipping the rest is left for the next
+				// call to find: this one reports the long line.
+				_ = r.skipLine()
 			}
 			return nil, ErrLineTooLong
 		}
-		r.buf = append(r.buf, line...)
 		switch err {
 		case nil:
-			return r.buf[:len(r.buf)-1], nil
+			frag = frag[:len(frag)-1]
 		case bufio.ErrBufferFull:
+			r.buf = append(r.buf, frag...)
 			continue
 		case io.EOF:
-			return r.buf, nil
+			if n == 0 {
+				return nil, io.EOF
+			}
 		default:
 			return nil, err
 		}
+		if len(r.buf) == 0 {
+			return frag, nil // the whole line is in br's buffer
+		}
+		r.buf = append(r.buf, frag...)
+		return r.buf, nil
 	}
 }
 
-func (r *Reader) discardLine() error {
+// skipLine reads up to and including the next '\n'.
+func (r *Reader) skipLine() error {
 	for {
 		_, err := r.br.ReadSlice('\n')
 		if err != bufio.ErrBufferFull {

@@ -1,206 +1,198 @@
 package protocol
 
 import (
-	"net/netip"
 	"strconv"
 	"strings"
 
 	"github.com/filter-milter/filter-milter/compat"
 )
 
-// The typed reports that Report.Decode returns.
+// The typed reports that Report.Decode returns, one per smtp-in event,
+// with their fields as smtpd writes them.
 type (
-	LinkConnect    struct{ RDNS, FCRDNS, Src, Dest string } // RDNS is "<unknown>" without PTR
-	LinkGreeting   struct{ Hostname string }
-	LinkIdentify   struct{ Method, Identity string }
-	LinkTLS        struct{ Info string } // "TLSv1.3:TLS_AES_256_GCM_SHA384:256"
-	LinkAuth       struct{ Result, Username string }
+	// LinkConnect: a client connected. RDNS is the PTR name, or
+	// "<unknown>" when there is none (not "" as smtpd-filters(7) says).
+	// FCRDNS is "pass", "fail" or "error". Src and Dest are "a.b.c.d:port",
+	// "[v6]:port" or "unix:/var/run/smtpd.sock" for local enqueue; see
+	// ParseEndpoint.
+	LinkConnect struct{ RDNS, FCRDNS, Src, Dest string }
+	// LinkGreeting: smtpd sent its banner as Hostname.
+	LinkGreeting struct{ Hostname string }
+	// LinkIdentify: HELO or EHLO (Method) was accepted with Identity.
+	LinkIdentify struct{ Method, Identity string }
+	// LinkTLS: TLS is up; Info is "TLSv1.3:TLS_AES_256_GCM_SHA384:256",
+	// see SplitTLS.
+	LinkTLS struct{ Info string }
+	// LinkAuth: an AUTH attempt ended; Result is "pass", "fail" or
+	// "error". Username may contain '|'.
+	LinkAuth struct{ Result, Username string }
+	// LinkDisconnect: the session is over; always its last event.
 	LinkDisconnect struct{}
-	TxBegin        struct{ MsgID string }
-	TxMail         struct{ MsgID, Result, Address string }
-	TxRcpt         struct{ MsgID, Result, Address string }
-	TxEnvelope     struct{ MsgID, EnvelopeID string }
-	TxData         struct{ MsgID, Result string }
-	TxCommit       struct {
+	// TxBegin: a transaction got its message id, after MAIL FROM passed
+	// the filters.
+	TxBegin struct{ MsgID string }
+	// TxMail: the sender, as the client gave it (not as a filter rewrote
+	// it), without '<>' or ESMTP parameters; "" for the null sender.
+	// Result is "ok", "permfail" or "tempfail"; on failure MsgID is
+	// "00000000".
+	TxMail struct{ MsgID, Result, Address string }
+	// TxRcpt: a recipient, like TxMail.
+	TxRcpt struct{ MsgID, Result, Address string }
+	// TxEnvelope: a recipient was accepted as envelope EnvelopeID.
+	TxEnvelope struct{ MsgID, EnvelopeID string }
+	// TxData: DATA was answered with Result.
+	TxData struct{ MsgID, Result string }
+	// TxCommit: the message was queued, Size bytes.
+	TxCommit struct {
 		MsgID string
 		Size  int64
 	}
-	TxReset        struct{ MsgID string }
-	TxRollback     struct{ MsgID string }
+	// TxReset: the transaction is over (after commit, rollback or RSET).
+	TxReset struct{ MsgID string }
+	// TxRollback: the transaction was abandoned.
+	TxRollback struct{ MsgID string }
+	// ProtocolClient: a line the client sent, raw (it may contain '|'
+	// and trailing spaces); AUTH credentials are masked as "********".
 	ProtocolClient struct{ Command string }
+	// ProtocolServer: one line of smtpd's reply (a multi-line reply gives
+	// one event per line).
 	ProtocolServer struct{ Response string }
+	// FilterResponse: the filter chain's decision for Phase. smtpd names
+	// the phases "connected" and "tls" here, not "connect" and
+	// "starttls" as in requests. Param is "" for proceed and junk.
 	FilterResponse struct{ Phase, Response, Param string }
-	Timeout        struct{}
+	// Timeout: the client was idle too long; the session ends next.
+	Timeout struct{}
 	// Unhandled is an event this package has no type for.
 	Unhandled struct{ Event string }
 )
 
-// Decode returns the typed value of a report, with its fields in the order
-// of the report's protocol version.
+// Decode returns the typed value of r: one of the types above, with the
+// fields in the order of r's protocol version (see compat.Layout).
+//
+// An event this package does not know gives Unhandled and no error:
+// smtpd adds events over time, and a filter must not stop on them. A
+// known event with fewer fields than it has gives a *ParseError. The last
+// field of an event absorbs any further '|', since that is where smtpd
+// puts the fields that may contain one. For the events whose fields moved
+// between versions the split is made at the separator next to the field
+// that cannot contain '|' (the result), so a '|' in an address or a user
+// name is kept in either order.
 func (r Report) Decode() (any, error) {
 	l := compat.For(r.Version)
 	p := r.Params
-	bad := func(want string) (any, error) {
-		return nil, &ParseError{Line: r.Event + "|" + truncate(p), Reason: "want " + want}
-	}
 	switch r.Event {
 	case "link-connect":
-		f := strings.SplitN(p, "|", 4)
-		if len(f) != 4 {
-			return bad("rdns|fcrdns|src|dest")
-		}
-		return LinkConnect{f[0], f[1], f[2], f[3]}, nil
-	case "link-greeting":
-		return LinkGreeting{p}, nil
-	case "link-identify":
-		m, id, ok := strings.Cut(p, "|")
+		var f [3]string
+		dest, ok := cutFields(p, f[:])
 		if !ok {
-			return bad("method|identity")
+			return nil, r.fieldError("rdns|fcrdns|src|dest")
 		}
-		return LinkIdentify{m, id}, nil
+		return LinkConnect{RDNS: f[0], FCRDNS: f[1], Src: f[2], Dest: dest}, nil
+	case "link-greeting":
+		return LinkGreeting{Hostname: p}, nil
+	case "link-identify":
+		method, identity, ok := strings.Cut(p, "|")
+		if !ok {
+			return nil, r.fieldError("method|identity")
+		}
+		return LinkIdentify{Method: method, Identity: identity}, nil
 	case "link-tls":
-		return LinkTLS{p}, nil
+		return LinkTLS{Info: p}, nil
 	case "link-auth":
-		// The user name may contain '|': split at the separator next to
-		// the result, whichever side the version puts it.
 		if l.AuthUserBeforeResult {
 			i := strings.LastIndexByte(p, '|')
 			if i < 0 {
-				return bad("username|result")
+				return nil, r.fieldError("username|result")
 			}
 			return LinkAuth{Result: p[i+1:], Username: p[:i]}, nil
 		}
-		res, user, ok := strings.Cut(p, "|")
+		result, user, ok := strings.Cut(p, "|")
 		if !ok {
-			return bad("result|username")
+			return nil, r.fieldError("result|username")
 		}
-		return LinkAuth{Result: res, Username: user}, nil
+		return LinkAuth{Result: result, Username: user}, nil
 	case "link-disconnect":
 		return LinkDisconnect{}, nil
 	case "tx-begin":
-		return TxBegin{p}, nil
+		return TxBegin{MsgID: p}, nil
 	case "tx-mail", "tx-rcpt":
-		id, rest, ok := strings.Cut(p, "|")
+		id, result, addr, ok := splitTxAddress(p, l.TxAddressBeforeResult)
 		if !ok {
-			return bad("msgid|result|address")
-		}
-		var res, addr string
-		if l.TxAddressBeforeResult {
-			i := strings.LastIndexByte(rest, '|')
-			if i < 0 {
-				return bad("msgid|address|result")
+			if l.TxAddressBeforeResult {
+				return nil, r.fieldError("msgid|address|result")
 			}
-			addr, res = rest[:i], rest[i+1:]
-		} else if res, addr, ok = strings.Cut(rest, "|"); !ok {
-			return bad("msgid|result|address")
+			return nil, r.fieldError("msgid|result|address")
 		}
 		if r.Event == "tx-mail" {
-			return TxMail{id, res, addr}, nil
+			return TxMail{MsgID: id, Result: result, Address: addr}, nil
 		}
-		return TxRcpt{id, res, addr}, nil
+		return TxRcpt{MsgID: id, Result: result, Address: addr}, nil
 	case "tx-envelope":
 		id, evp, ok := strings.Cut(p, "|")
 		if !ok {
-			return bad("msgid|envelope-id")
+			return nil, r.fieldError("msgid|envelope-id")
 		}
-		return TxEnvelope{id, evp}, nil
+		return TxEnvelope{MsgID: id, EnvelopeID: evp}, nil
 	case "tx-data":
-		id, res, ok := strings.Cut(p, "|")
+		id, result, ok := strings.Cut(p, "|")
 		if !ok {
-			return bad("msgid|result")
+			return nil, r.fieldError("msgid|result")
 		}
-		return TxData{id, res}, nil
+		return TxData{MsgID: id, Result: result}, nil
 	case "tx-commit":
 		id, size, ok := strings.Cut(p, "|")
 		n, err := strconv.ParseInt(size, 10, 64)
-		if !ok || err != nil {
-			return bad("msgid|size")
+		if !ok || err != nil || n < 0 {
+			return nil, r.fieldError("msgid|size")
 		}
-		return TxCommit{id, n}, nil
+		return TxCommit{MsgID: id, Size: n}, nil
 	case "tx-reset":
-		return TxReset{p}, nil
+		return TxReset{MsgID: p}, nil
 	case "tx-rollback":
-		return TxRollback{p}, nil
+		return TxRollback{MsgID: p}, nil
 	case "protocol-client":
-		return ProtocolClient{p}, nil
+		return ProtocolClient{Command: p}, nil
 	case "protocol-server":
-		return ProtocolServer{p}, nil
+		return ProtocolServer{Response: p}, nil
 	case "filter-response":
-		f := strings.SplitN(p, "|", 3)
-		if len(f) < 2 {
-			return bad("phase|response[|param]")
+		phase, rest, ok := strings.Cut(p, "|")
+		if !ok {
+			return nil, r.fieldError("phase|response[|param]")
 		}
-		fr := FilterResponse{Phase: f[0], Response: f[1]}
-		if len(f) == 3 {
-			fr.Param = f[2]
-		}
-		return fr, nil
+		response, param, _ := strings.Cut(rest, "|")
+		return FilterResponse{Phase: phase, Response: response, Param: param}, nil
 	case "timeout":
 		return Timeout{}, nil
 	}
-	return Unhandled{r.Event}, nil
+	return Unhandled{Event: r.Event}, nil
 }
 
-func truncate(s string) string {
-	if len(s) > 200 {
-		return s[:200] + "..."
-	}
-	return s
-}
-
-// SplitTLS splits link-tls's "TLSv1.3:TLS_AES_256_GCM_SHA384:256" into the
-// TLS version, cipher and bits.
-func SplitTLS(info string) (version, cipher, bits string, ok bool) {
-	i := strings.IndexByte(info, ':')
-	j := strings.LastIndexByte(info, ':')
-	if i < 0 || j <= i {
+// splitTxAddress splits the fields of tx-mail and tx-rcpt. From 0.6 the
+// address is last and keeps any '|'; before, it sits between the message
+// id and the result, so the result is cut at the last '|'.
+func splitTxAddress(p string, addressFirst bool) (id, result, addr string, ok bool) {
+	id, rest, ok := strings.Cut(p, "|")
+	if !ok {
 		return "", "", "", false
 	}
-	return info[:i], info[i+1 : j], info[j+1:], true
+	if addressFirst {
+		i := strings.LastIndexByte(rest, '|')
+		if i < 0 {
+			return "", "", "", false
+		}
+		return id, rest[i+1:], rest[:i], true
+	}
+	result, addr, ok = strings.Cut(rest, "|")
+	return id, result, addr, ok
 }
 
-// Endpoint is a link-connect address.
-type Endpoint struct {
-	Family string // "inet", "inet6" or "unix"
-	Addr   string // an IP address or a socket path
-	Port   uint16
-}
-
-// ParseEndpoint reads "1.2.3.4:25", "[::1]:2525" or "unix:/path".
-func ParseEndpoint(s string) (Endpoint, error) {
-	if path, ok := strings.CutPrefix(s, "unix:"); ok {
-		return Endpoint{Family: "unix", Addr: path}, nil
+// fieldError names the report, rebuilt as smtpd sent it, and the fields
+// its event should have.
+func (r Report) fieldError(want string) error {
+	line := "report|" + r.Version.String() + "|" + r.Timestamp + "|" + r.Subsystem + "|" + r.Event + "|" + r.Session
+	if r.Params != "" {
+		line += "|" + r.Params
 	}
-	ap, err := netip.ParseAddrPort(s)
-	if err != nil {
-		return Endpoint{}, &ParseError{Line: s, Reason: "not an address:port or unix:path"}
-	}
-	fam := "inet"
-	if ap.Addr().Is6() && !ap.Addr().Is4In6() {
-		fam = "inet6"
-	}
-	return Endpoint{Family: fam, Addr: ap.Addr().String(), Port: ap.Port()}, nil
-}
-
-// ESMTPParams returns the parameters after the address of a raw MAIL or
-// RCPT command line ("MAIL FROM:<a@b> SIZE=12 BODY=8BITMIME"): the filter
-// request carries the address only, and milters want the parameters too.
-func ESMTPParams(command string) []string {
-	c := strings.TrimSpace(command)
-	if len(c) < 4 {
-		return nil
-	}
-	verb := strings.ToUpper(c[:4])
-	if verb != "MAIL" && verb != "RCPT" {
-		return nil
-	}
-	end := strings.IndexByte(c, '>')
-	if end < 0 {
-		return nil
-	}
-	f := strings.Fields(c[end+1:])
-	if len(f) == 0 {
-		return nil
-	}
-	return f
+	return newParseError(line, r.Event+" wants "+want)
 }

@@ -1,0 +1,120 @@
+package protocol
+
+import (
+	"errors"
+	"io"
+	"strconv"
+	"strings"
+	"testing"
+	"testing/iotest"
+)
+
+type step struct {
+	line string
+	err  error
+}
+
+func readAll(t *testing.T, r *Reader, want []step) {
+	t.Helper()
+	for i, w := range want {
+		got, err := r.ReadLine()
+		if !errors.Is(err, w.err) || (w.err == nil && string(got) != w.line) {
+			t.Fatalf("ReadLine %d = %d bytes %.40q, %v; want %d bytes %.40q, %v", i, len(got), got, err, len(w.line), w.line, w.err)
+		}
+	}
+}
+
+func TestReaderLines(t *testing.T) {
+	mb := strings.Repeat("x", 1<<20)
+	in := "config|ready\n" +
+		"\n" +
+		"a|b\r\n" + // the '\r' is data
+		"two\r\r\n" +
+		mb + "\n" +
+		"after\n" +
+		"last" // no '\n' before EOF
+	for name, src := range map[string]func() io.Reader{
+		"whole":    func() io.Reader { return strings.NewReader(in) },
+		"one byte": func() io.Reader { return iotest.OneByteReader(strings.NewReader(in)) },
+		"half":     func() io.Reader { return iotest.HalfReader(strings.NewReader(in)) },
+		"data+EOF": func() io.Reader { return iotest.DataErrReader(strings.NewReader(in)) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			readAll(t, NewReader(src(), 0), []step{
+				{"config|ready", nil}, {"", nil}, {"a|b\r", nil}, {"two\r\r", nil}, {mb, nil},
+				{"after", nil}, {"last", nil}, {"", io.EOF}, {"", io.EOF},
+			})
+		})
+	}
+}
+
+func TestReaderEmptyInput(t *testing.T) {
+	readAll(t, NewReader(strings.NewReader(""), 0), []step{{"", io.EOF}})
+	readAll(t, NewReader(strings.NewReader("\n"), 0), []step{{"", nil}, {"", io.EOF}})
+	readAll(t, NewReader(strings.NewReader("\r"), 0), []step{{"\r", nil}, {"", io.EOF}})
+}
+
+func TestReaderManySmallLines(t *testing.T) {
+	var b strings.Builder
+	const n = 100000
+	for i := range n {
+		b.WriteString("filter|0.7|1|smtp-in|data-line|a|b|line ")
+		b.WriteString(strconv.Itoa(i))
+		b.WriteByte('\n')
+	}
+	r := NewReader(strings.NewReader(b.String()), 0)
+	for i := range n {
+		got, err := r.ReadLine()
+		if want := "filter|0.7|1|smtp-in|data-line|a|b|line " + strconv.Itoa(i); err != nil || string(got) != want {
+			t.Fatalf("line %d = %q, %v; want %q", i, got, err, want)
+		}
+	}
+	if _, err := r.ReadLine(); err != io.EOF {
+		t.Fatalf("after %d lines: %v, want io.EOF", n, err)
+	}
+}
+
+func TestReaderLimit(t *testing.T) {
+	for _, limit := range []int{10, 1000, readBufSize - 1, readBufSize, readBufSize + 1, 3 * readBufSize} {
+		t.Run(strconv.Itoa(limit), func(t *testing.T) {
+			exact := strings.Repeat("e", limit)
+			over := strings.Repeat("o", limit+1)
+			huge := strings.Repeat("h", 5*limit+readBufSize)
+			in := "first\n" + over + "\n" + exact + "\n" + huge + "\n" + exact + "\r\n" + "next\n" + over
+			for name, src := range map[string]func() io.Reader{
+				"whole":    func() io.Reader { return strings.NewReader(in) },
+				"one byte": func() io.Reader { return iotest.OneByteReader(strings.NewReader(in)) },
+			} {
+				t.Run(name, func(t *testing.T) {
+					if name == "one byte" && limit > 2000 {
+						t.Skip("slow")
+					}
+					readAll(t, NewReader(src(), limit), []step{
+						{"first", nil},
+						{"", ErrLineTooLong},
+						{exact, nil}, // exactly the limit passes
+						{"", ErrLineTooLong},
+						{"", ErrLineTooLong}, // the '\r' counts
+						{"next", nil},
+						{"", ErrLineTooLong}, // the last line, without '\n'
+						{"", io.EOF},
+					})
+				})
+			}
+		})
+	}
+}
+
+func TestReaderReleasesAHugeBuffer(t *testing.T) {
+	r := NewReader(strings.NewReader(strings.Repeat("x", 4*keepBuf)+"\nsmall\n"), 0)
+	readAll(t, r, []step{{strings.Repeat("x", 4*keepBuf), nil}, {"small", nil}})
+	if cap(r.buf) > keepBuf {
+		t.Errorf("the reader keeps a %d-byte buffer after a long line", cap(r.buf))
+	}
+}
+
+func TestReaderError(t *testing.T) {
+	boom := errors.New("boom")
+	r := NewReader(io.MultiReader(strings.NewReader("ok\npartial"), iotest.ErrReader(boom)), 0)
+	readAll(t, r, []step{{"ok", nil}, {"", boom}})
+}
