@@ -77,6 +77,7 @@ func New(cfg Config) *Gateway {
 	if cfg.Policy.Envelope == "" {
 		cfg.Policy.Envelope = DefaultPolicy.Envelope
 	}
+	milter.SetLogger(cfg.Log)
 	if cfg.BufferLimit <= 0 {
 		cfg.BufferLimit = 1 << 20
 	}

@@ -30,7 +30,7 @@ import (
 //	policy   ... -discard junk -quarantine reject -envelope-change ignore
 //	leadspc  filter-milter -milter <actions milter --leadspc>  (SMFIP_HDR_LEADSPC)
 //
-// integration/REPLIES.md is the table of answers × stages these rows back.
+// The README's tables of answers × stages and modifications are backed by these rows.
 func TestReplies(t *testing.T) {
 	forEachSMTPD(t, func(t *testing.T, v harness.SMTPDVersion) {
 		t.Parallel()
