@@ -47,6 +47,7 @@ type Masks struct {
 type StageMacros struct {
 	Stage  string   // connect, helo, mail, rcpt, data, eom, eoh
 	Macros []string // as the milter wrote them
+	Asked  bool     // the milter's own list, not the gateway's default
 }
 
 // Negotiation is what one milter endpoint answered to the gateway's offer.
@@ -244,22 +245,31 @@ func macroStageName(n uint32) string {
 	return fmt.Sprintf("stage%d", n)
 }
 
-// Macros are the lists the gateway sends at each stage to this milter: the
-// milter's own when it asked for any (go-milter then sends nothing at the
-// stages it did not ask for), else the gateway's defaults.
+// Macros are the lists the gateway sends this milter at each stage: the
+// milter's own for the stages it named, the gateway's defaults for the
+// others (Postfix's and Sendmail's rule; see conn.completeSymlists).
 func (n *Negotiation) Macros() []StageMacros {
-	if len(n.Requested) > 0 {
-		return n.Requested
+	asked := map[string][]string{}
+	for _, r := range n.Requested {
+		asked[r.Stage] = r.Macros // a later list for the same stage wins, as in go-milter
 	}
-	return DefaultMacros()
+	var out []StageMacros
+	for _, d := range DefaultMacros() {
+		if m, ok := asked[d.Stage]; ok {
+			d = StageMacros{Stage: d.Stage, Macros: m, Asked: true}
+		}
+		out = append(out, d)
+	}
+	return out
 }
 
 // DefaultMacros are the macro lists the gateway sends unless a milter asks
 // for its own.
 func DefaultMacros() []StageMacros {
 	return []StageMacros{
-		{"connect", connectMacros}, {"helo", heloMacros}, {"mail", mailMacros}, {"rcpt", rcptMacros},
-		{"data", queueIDMacros}, {"eoh", queueIDMacros}, {"eom", queueIDMacros},
+		{Stage: "connect", Macros: connectMacros}, {Stage: "helo", Macros: heloMacros}, {Stage: "mail", Macros: mailMacros},
+		{Stage: "rcpt", Macros: rcptMacros}, {Stage: "data", Macros: queueIDMacros}, {Stage: "eoh", Macros: queueIDMacros},
+		{Stage: "eom", Macros: queueIDMacros},
 	}
 }
 

@@ -1,89 +1,135 @@
 // Command filter-milter lets OpenSMTPD use milters (opendkim, rspamd,
 // clamav-milter, ...). smtpd starts it as a filter process:
 //
-//	filter "milter" proc-exec "/usr/local/bin/filter-milter -milter inet:127.0.0.1:8891"
+//	filter "milter" proc-exec "/usr/local/libexec/smtpd/filter-milter -milter inet:127.0.0.1:8891"
 //	listen on 0.0.0.0 port 25 filter "milter"
 //
 // It speaks smtpd's filter protocol on stdin and stdout and the milter
 // protocol to each milter. Logs go to stderr, which smtpd copies into its
 // own log; stdout carries nothing but protocol lines.
+//
+// Two subcommands are for the postmaster, and need no smtpd:
+//
+//	filter-milter check [flags]             negotiate with each milter and show what it asked for
+//	filter-milter test [flags] MESSAGE.eml  run a message through the milters as smtpd would
+//
+// Settings come from flags, or from a TOML file given with -config, which
+// flags override. See filter-milter(8).
 package main
 
 import (
+	"errors"
 	"flag"
+	"fmt"
+	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
-	"time"
 
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/filter-milter/filter-milter/gateway"
-	"github.com/filter-milter/filter-milter/milter"
+	"github.com/filter-milter/filter-milter/metrics"
 )
 
-type specList []string
-
-func (l *specList) String() string     { return strings.Join(*l, ",") }
-func (l *specList) Set(s string) error { *l = append(*l, s); return nil }
+// Exit statuses.
+const (
+	exitOK      = 0
+	exitFailure = 1 // the filter stopped on an error; check: a milter failed; test: the message was refused
+	exitUsage   = 2 // bad flags or configuration
+)
 
 func main() {
-	os.Exit(run(os.Args[1:]))
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
-func run(args []string) int {
-	fs := flag.NewFlagSet("filter-milter", flag.ContinueOnError)
-	var specs specList
-	fs.Var(&specs, "milter", "a milter: unix:/path, inet:host:port, inet:port@host or inet6:[addr]:port; several endpoints of one role separated by commas form a pool; settings in braces: {default_action=accept, connect_timeout=10s, command_timeout=10s, content_timeout=5m, protocol=6}. Repeat for several milters, in order")
-	defaultAction := fs.String("default-action", "tempfail", "what a session gets when a milter fails or times out: tempfail, accept or reject")
-	connectTimeout := fs.Duration("connect-timeout", milter.DefaultOptions.ConnectTimeout, "time to connect to a milter and negotiate")
-	commandTimeout := fs.Duration("command-timeout", milter.DefaultOptions.CommandTimeout, "time a milter has to answer CONNECT, HELO, MAIL, RCPT and DATA")
-	contentTimeout := fs.Duration("content-timeout", milter.DefaultOptions.ContentTimeout, "time a milter has to answer each header, body chunk and end of message")
-	var policy gateway.Policy
-	fs.StringVar(&policy.Discard, "discard", gateway.DefaultPolicy.Discard, "a milter's DISCARD (OpenSMTPD has no silent drop): reject (550 5.7.1) or junk (deliver marked X-Spam: yes)")
-	fs.StringVar(&policy.Quarantine, "quarantine", gateway.DefaultPolicy.Quarantine, "a milter's QUARANTINE: mark (deliver marked X-Spam: yes), reject or tempfail")
-	fs.StringVar(&policy.Envelope, "envelope-change", gateway.DefaultPolicy.Envelope, "a milter's recipient or sender change at end of message (OpenSMTPD cannot make it): tempfail, reject or ignore")
-	shutdownTimeout := fs.Duration("shutdown-timeout", 30*time.Second, "once smtpd closes the pipe (or on SIGTERM), how long sessions in flight may take to finish")
-	hostname := fs.String("hostname", "", "the j macro (MTA host name); default: smtpd's own name")
-	daemonName := fs.String("daemon-name", "", "the {daemon_name} macro; default: the host name")
-	level := zapcore.InfoLevel
-	fs.TextVar(&level, "log-level", zapcore.InfoLevel, "log level: debug, info, warn or error")
-	fs.SetOutput(os.Stderr)
-	if err := fs.Parse(args); err != nil {
-		return 2
-	}
-	log := newLogger(level)
-	defer func() { _ = log.Sync() }()
-
-	if fs.NArg() > 0 {
-		log.Error("unexpected arguments", zap.Strings("args", fs.Args()))
-		return 2
-	}
-	if len(specs) == 0 {
-		log.Error("no milter configured: give at least one -milter SPEC")
-		return 2
-	}
-	action, err := gateway.ParseAction(*defaultAction)
-	if err != nil {
-		log.Error("bad -default-action", zap.Error(err))
-		return 2
-	}
-	if err := policy.Check(); err != nil {
-		log.Error("bad policy", zap.Error(err))
-		return 2
-	}
-	opts := milter.DefaultOptions
-	opts.ConnectTimeout, opts.CommandTimeout, opts.ContentTimeout = *connectTimeout, *commandTimeout, *contentTimeout
-	var clients []*milter.Pool
-	for _, s := range specs {
-		c, err := milter.ParseConfig(s, opts)
-		if err != nil {
-			log.Error("bad -milter", zap.Error(err))
-			return 2
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "check":
+			return runCheck(args[1:], stdout, stderr)
+		case "test":
+			return runTest(args[1:], stdout, stderr)
+		case "help":
+			usage(stdout)
+			return exitOK
 		}
-		clients = append(clients, milter.NewPool(c))
+	}
+	return runFilter(args, stdin, stdout, stderr)
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage:
+  filter-milter [-config FILE] [flags]          the filter, as smtpd's proc-exec runs it
+  filter-milter check [-config FILE] [flags]    negotiate with each milter and print what it asked for
+  filter-milter test [-config FILE] [flags] [--from ADDR] [--rcpt ADDR]... [--client-ip IP]
+                     [--helo NAME] [--auth USER] [--json] [-o FILE] MESSAGE.eml
+                                                run a message through the milters as smtpd would
+
+Run "filter-milter -h", "filter-milter check -h" or "filter-milter test -h" for the flags;
+filter-milter(8) has the rest.
+`)
+}
+
+// parseSettings parses the shared flags (and the command's own, which the
+// caller registered on fs), then applies the configuration file.
+func parseSettings(fs *flag.FlagSet, s *settings, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err // the flag package has printed it
+	}
+	if err := s.applyConfig(fs); err != nil {
+		return configError{err}
+	}
+	return nil
+}
+
+// configError is an error of the configuration file.
+type configError struct{ error }
+
+// reportParseError prints what the flag package has not printed, and
+// returns the exit status.
+func reportParseError(err error, stderr io.Writer) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	var ce configError
+	if errors.As(err, &ce) {
+		fmt.Fprintf(stderr, "filter-milter: %v\n", ce.error)
+	}
+	return exitUsage
+}
+
+// runFilter is filter-milter as smtpd runs it.
+func runFilter(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("filter-milter", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	s := defaultSettings()
+	addFlags(fs, &s)
+	fs.Usage = func() {
+		usage(stderr)
+		fmt.Fprintf(stderr, "\nflags (the configuration file has a key for each, with '_' for '-'; a -milter is a [[milter]] table):\n")
+		fs.PrintDefaults()
+	}
+	if err := parseSettings(fs, &s, args); err != nil {
+		return reportParseError(err, stderr)
+	}
+	log := newLogger(s.LogLevel)
+	defer func() { _ = log.Sync() }()
+	if fs.NArg() > 0 {
+		log.Error("unexpected arguments (subcommands are check and test)", zap.Strings("args", fs.Args()))
+		return exitUsage
+	}
+	milters, err := s.milterConfigs()
+	if err != nil {
+		log.Error("bad configuration", zap.Error(err))
+		return exitUsage
+	}
+	cfg := s.gatewayConfig(milters, log)
+	if s.MetricsListen != "" {
+		obs := metrics.New()
+		cfg.Observer = obs
+		srv := obs.Serve(s.MetricsListen, log)
+		defer func() { _ = srv.Close() }()
 	}
 
 	// A write to a closed stdout must be an error we can log, not a
@@ -97,33 +143,15 @@ func run(args []string) int {
 	go func() {
 		sig := <-term
 		log.Info("signal received; finishing the sessions in flight", zap.Stringer("signal", sig))
-		_ = os.Stdin.Close()
+		if c, ok := stdin.(io.Closer); ok {
+			_ = c.Close()
+		}
 	}()
 
-	g := gateway.New(gateway.Config{
-		Milters:         clients,
-		DefaultAction:   action,
-		Policy:          policy,
-		Hostname:        *hostname,
-		DaemonName:      *daemonName,
-		Log:             log,
-		ShutdownTimeout: *shutdownTimeout,
-	})
-	if err := g.Run(os.Stdin, os.Stdout); err != nil {
+	if err := gateway.New(cfg).Run(stdin, stdout); err != nil {
 		log.Error("stopping", zap.Error(err))
-		return 1
+		return exitFailure
 	}
 	log.Info("smtpd closed the filter pipe; exiting")
-	return 0
-}
-
-// newLogger logs to stderr, one line per entry, without colour: smtpd
-// copies each line into its log prefixed with the filter's name.
-func newLogger(level zapcore.Level) *zap.Logger {
-	enc := zap.NewProductionEncoderConfig()
-	enc.TimeKey = "" // smtpd and syslog stamp the time
-	enc.EncodeLevel = zapcore.LowercaseLevelEncoder
-	enc.ConsoleSeparator = " "
-	core := zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.Lock(os.Stderr), level)
-	return zap.New(core)
+	return exitOK
 }

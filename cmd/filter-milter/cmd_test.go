@@ -1,0 +1,223 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	djmilter "github.com/d--j/go-milter"
+
+	"github.com/filter-milter/filter-milter/milter/miltertest"
+)
+
+// These tests run the commands in process against go-milter's server side
+// (milter/miltertest); integration/tools_test.go runs the built binary
+// against opendkim and python3-milter.
+
+func runCmd(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	code := run(args, strings.NewReader(""), &stdout, &stderr)
+	return code, stdout.String(), stderr.String()
+}
+
+func closedPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return "inet:" + addr
+}
+
+func TestCheckCommand(t *testing.T) {
+	srv := miltertest.Start(t, miltertest.Script{}, djmilter.WithProtocols(djmilter.OptNoHelo|djmilter.OptNoBodyReply|djmilter.OptHeaderLeadingSpace),
+		djmilter.WithActions(djmilter.OptAddHeader|djmilter.OptChangeHeader))
+	code, out, errOut := runCmd(t, "check", "-milter", srv.Spec)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s%s", code, out, errOut)
+	}
+	for _, want := range []string{
+		"milter " + srv.Spec, "version:        v6 (offered v6)", "actions:        ADDHDRS CHGHDRS (0x011)",
+		"protocol flags: NOHELO NR_BODY HDR_LEADSPC", "stages skipped: helo", "no reply to:    body",
+		"connect: j {daemon_name}", "OK: 1 milter endpoint(s) negotiated",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("check output lacks %q:\n%s", want, out)
+		}
+	}
+
+	dead := closedPort(t)
+	code, out, _ = runCmd(t, "check", "-milter", srv.Spec, "-milter", dead)
+	if code != exitFailure {
+		t.Errorf("exit %d with a dead milter, want %d", code, exitFailure)
+	}
+	for _, want := range []string{"FAILED:         connection refused: " + dead, "FAIL: 1 of 2 milter endpoint(s) cannot be used"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("check output lacks %q:\n%s", want, out)
+		}
+	}
+
+	// A pool with one dead endpoint, from a configuration file.
+	cfg := filepath.Join(t.TempDir(), "fm.toml")
+	if err := os.WriteFile(cfg, []byte("[[milter]]\nname = \"pool\"\nsockets = [\""+srv.Spec+"\", \""+dead+"\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ = runCmd(t, "check", "-config", cfg)
+	if code != exitFailure || !strings.Contains(out, "milter pool of 2 endpoints pool") || !strings.Contains(out, "FAIL: 1 of 2") {
+		t.Errorf("pool: exit %d:\n%s", code, out)
+	}
+
+	if code, _, _ := runCmd(t, "check"); code != exitUsage {
+		t.Errorf("check without milters: exit %d, want %d", code, exitUsage)
+	}
+}
+
+const testMessage = "From: Alice <alice@test.example>\r\nTo: Bob <bob@test.example>, carol@test.example\r\n" +
+	"Subject: hi\r\n\r\nbody\r\n.dot line\r\n"
+
+func writeMessage(t *testing.T, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "msg.eml")
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestTestCommandAddsHeader(t *testing.T) {
+	srv := miltertest.Start(t, miltertest.Script{
+		EOM: func(m djmilter.Modifier) (*djmilter.Response, error) {
+			_ = m.InsertHeader(0, "X-Top", "first")
+			_ = m.AddHeader("X-Bottom", "last")
+			return djmilter.RespAccept, nil
+		},
+	})
+	msg := writeMessage(t, testMessage)
+	outFile := filepath.Join(t.TempDir(), "out.eml")
+	code, out, errOut := runCmd(t, "test", "-milter", srv.Spec, msg, "-o", outFile)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s%s", code, out, errOut)
+	}
+	for _, want := range []string{
+		"MAIL FROM:<alice@test.example>", "RCPT TO:<bob@test.example>, <carol@test.example>",
+		"end of DATA                              proceed", "header ×3", "eom          accept",
+		"insert header   at 0: X-Top: first", "add header      X-Bottom: last", "verdict: ACCEPT",
+		"@@ -1,6 +1,8 @@\n+X-Top: first\n From: Alice <alice@test.example>\n To: Bob <bob@test.example>, carol@test.example\n" +
+			" Subject: hi\n+X-Bottom: last\n \n body\n .dot line\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("test output lacks %q:\n%s", want, out)
+		}
+	}
+	seen := srv.Seen()
+	if len(seen) != 1 || len(seen[0].Rcpts) != 2 || string(seen[0].Body) != "body\r\n.dot line\r\n" {
+		t.Errorf("the milter saw %+v", seen)
+	}
+	got, err := os.ReadFile(outFile)
+	if want := "X-Top: first\nFrom: Alice <alice@test.example>\nTo: Bob <bob@test.example>, carol@test.example\nSubject: hi\nX-Bottom: last\n\nbody\n.dot line\n"; err != nil || string(got) != want {
+		t.Errorf("-o wrote %q (%v), want %q", got, err, want)
+	}
+}
+
+func TestTestCommandJSONReject(t *testing.T) {
+	srv := miltertest.Start(t, miltertest.Script{
+		Rcpt: func(rcpt string) (*djmilter.Response, error) {
+			if strings.Contains(rcpt, "nobody") {
+				return djmilter.RejectWithCodeAndReason(550, "5.1.1 no such user")
+			}
+			return djmilter.RespContinue, nil
+		},
+		EOM: func(djmilter.Modifier) (*djmilter.Response, error) {
+			return djmilter.RejectWithCodeAndReason(554, "5.7.1 spam")
+		},
+	})
+	msg := writeMessage(t, testMessage)
+	code, out, errOut := runCmd(t, "test", "--json", "--from", "x@y.example", "--rcpt", "nobody@test.example",
+		"--rcpt", "bob@test.example", "--client-ip", "192.0.2.7", "--helo", "client.example", "--auth", "alice",
+		"-milter", srv.Spec, msg)
+	if code != exitFailure {
+		t.Fatalf("exit %d, want %d\n%s%s", code, exitFailure, out, errOut)
+	}
+	var res testResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, out)
+	}
+	if res.Verdict.Decision != "reject" || res.Verdict.Reply != "554 5.7.1 spam" || res.Verdict.Stage != "end of DATA" {
+		t.Errorf("verdict %+v", res.Verdict)
+	}
+	if len(res.Commands) != 7 || res.Commands[3].Decision != "reject" || res.Commands[3].Reply != "550 5.1.1 no such user" ||
+		res.Commands[4].Decision != "proceed" {
+		t.Errorf("commands %+v", res.Commands)
+	}
+	if len(res.Milters) != 1 || res.Milters[0].Name != srv.Spec {
+		t.Fatalf("milters %+v", res.Milters)
+	}
+	last := res.Milters[0].Replies[len(res.Milters[0].Replies)-1]
+	if last.Stage != "eom" || last.Verdict != "reject" || last.Code != 554 {
+		t.Errorf("last reply %+v", last)
+	}
+	if res.Envelope.ClientName != "" || res.Changed || res.Diff != "" {
+		t.Errorf("result %+v", res)
+	}
+	seen := srv.Seen()[0]
+	if seen.Addr != "192.0.2.7" || seen.Helo != "client.example" || seen.From != "x@y.example" || seen.Macros["auth_authen"] != "alice" {
+		t.Errorf("the milter saw %+v", seen)
+	}
+}
+
+func TestTestCommandMilterDown(t *testing.T) {
+	dead := closedPort(t)
+	msg := writeMessage(t, testMessage)
+	code, out, _ := runCmd(t, "test", "-milter", dead, msg)
+	if code != exitFailure || !strings.Contains(out, "verdict: TEMPFAIL 451 4.7.1") || !strings.Contains(out, "connection refused") {
+		t.Errorf("exit %d:\n%s", code, out)
+	}
+	code, out, _ = runCmd(t, "test", "-milter", dead, "-default-action", "accept", msg)
+	if code != 0 || !strings.Contains(out, "verdict: ACCEPT") || !strings.Contains(out, "the message is unchanged") {
+		t.Errorf("default action accept: exit %d:\n%s", code, out)
+	}
+}
+
+func TestTestCommandUsage(t *testing.T) {
+	msg := writeMessage(t, "Subject: no recipients\n\nx\n")
+	for _, args := range [][]string{
+		{"test", "-milter", "inet:1"},
+		{"test", "-milter", "inet:1", msg},
+		{"test", "-milter", "inet:1", "--rcpt", "a@b", "--client-ip", "nonsense", msg},
+		{"test", "-milter", "inet:1", "--rcpt", "a@b", "/nonexistent.eml"},
+		{"test", "--rcpt", "a@b", msg},
+	} {
+		if code, out, errOut := runCmd(t, args...); code != exitUsage {
+			t.Errorf("%q: exit %d, want %d\n%s%s", args, code, exitUsage, out, errOut)
+		}
+	}
+}
+
+func TestUnifiedDiff(t *testing.T) {
+	lines := func(s string) [][]byte {
+		var out [][]byte
+		for _, l := range strings.Split(s, "\n") {
+			out = append(out, []byte(l))
+		}
+		return out
+	}
+	if d := unifiedDiff(lines("a\nb"), lines("a\nb"), "x", "y"); d != "" {
+		t.Errorf("equal: %q", d)
+	}
+	a := lines("1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n11\n12")
+	b := lines("1\n2\n3\n4\nfive\n6\n7\n8\n9\n10\n11\n12\n13")
+	want := "--- x\n+++ y\n@@ -2,7 +2,7 @@\n 2\n 3\n 4\n-5\n+five\n 6\n 7\n 8\n@@ -10,3 +10,4 @@\n 10\n 11\n 12\n+13\n"
+	if d := unifiedDiff(a, b, "x", "y"); d != want {
+		t.Errorf("diff\n%s\nwant\n%s", d, want)
+	}
+	if d := unifiedDiff(nil, lines("new"), "x", "y"); d != "--- x\n+++ y\n@@ -0,0 +1 @@\n+new\n" {
+		t.Errorf("from empty: %q", d)
+	}
+}

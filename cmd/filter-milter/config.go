@@ -1,0 +1,442 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/filter-milter/filter-milter/gateway"
+	"github.com/filter-milter/filter-milter/milter"
+)
+
+// fileConfig is the configuration file (-config), TOML. Every key is a
+// command-line flag with '-' written '_'; [[milter]] tables are the
+// -milter flags with their settings.
+type fileConfig struct {
+	Milter          []fileMilter  `toml:"milter"`
+	DefaultAction   actionName    `toml:"default_action"`
+	ConnectTimeout  duration      `toml:"connect_timeout"`
+	CommandTimeout  duration      `toml:"command_timeout"`
+	ContentTimeout  duration      `toml:"content_timeout"`
+	ShutdownTimeout duration      `toml:"shutdown_timeout"`
+	Discard         discardPolicy `toml:"discard"`
+	Quarantine      quarPolicy    `toml:"quarantine"`
+	EnvelopeChange  envPolicy     `toml:"envelope_change"`
+	Hostname        string        `toml:"hostname"`
+	DaemonName      string        `toml:"daemon_name"`
+	LogLevel        zapcore.Level `toml:"log_level"`
+	MetricsListen   listenAddr    `toml:"metrics_listen"`
+	BufferLimit     bufferSize    `toml:"buffer_limit"`
+	MemoryBudget    byteSize      `toml:"memory_budget"`
+	TempDir         dirPath       `toml:"temp_dir"`
+}
+
+// fileMilter is one [[milter]] table: one socket, or a pool of sockets
+// serving the same role, and the settings -milter takes in braces.
+type fileMilter struct {
+	Name           string       `toml:"name"`
+	Socket         socketSpec   `toml:"socket"`
+	Sockets        []socketSpec `toml:"sockets"`
+	DefaultAction  actionName   `toml:"default_action"`
+	ConnectTimeout duration     `toml:"connect_timeout"`
+	CommandTimeout duration     `toml:"command_timeout"`
+	ContentTimeout duration     `toml:"content_timeout"`
+	Protocol       protoVersion `toml:"protocol"`
+}
+
+// loadConfig reads the configuration file into s, for every key the file
+// sets. Errors name the file, the line and the key.
+func loadConfig(path string, s *settings) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var fc fileConfig
+	md, err := toml.Decode(string(data), &fc)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			if pe.LastKey != "" {
+				return fmt.Errorf("%s:%d: key %s: %s", path, pe.Position.Line, pe.LastKey, pe.Message)
+			}
+			return fmt.Errorf("%s:%d: %s", path, pe.Position.Line, pe.Message)
+		}
+		// Type mismatches come as text: "toml: line 3 (last key "x"): ...".
+		if m := tomlErrText.FindStringSubmatch(err.Error()); m != nil {
+			return fmt.Errorf("%s:%s: key %s: %s", path, m[1], m[2], m[3])
+		}
+		return fmt.Errorf("%s: %v", path, err)
+	}
+	loc := newLocator(data)
+	if und := md.Undecoded(); len(und) > 0 {
+		var msgs []string
+		for _, k := range und {
+			msgs = append(msgs, fmt.Sprintf("%s:%s: unknown key %s", path, loc.line(k), k))
+		}
+		return errors.New(strings.Join(msgs, "\n"))
+	}
+	def := func(k ...string) bool { return md.IsDefined(k...) }
+	if def("default_action") {
+		s.DefaultAction = string(fc.DefaultAction)
+	}
+	for _, d := range []struct {
+		key string
+		src duration
+		dst *time.Duration
+	}{
+		{"connect_timeout", fc.ConnectTimeout, &s.ConnectTimeout},
+		{"command_timeout", fc.CommandTimeout, &s.CommandTimeout},
+		{"content_timeout", fc.ContentTimeout, &s.ContentTimeout},
+		{"shutdown_timeout", fc.ShutdownTimeout, &s.ShutdownTimeout},
+	} {
+		if def(d.key) {
+			*d.dst = time.Duration(d.src)
+		}
+	}
+	if def("discard") {
+		s.Policy.Discard = string(fc.Discard)
+	}
+	if def("quarantine") {
+		s.Policy.Quarantine = string(fc.Quarantine)
+	}
+	if def("envelope_change") {
+		s.Policy.Envelope = string(fc.EnvelopeChange)
+	}
+	if def("hostname") {
+		s.Hostname = fc.Hostname
+	}
+	if def("daemon_name") {
+		s.DaemonName = fc.DaemonName
+	}
+	if def("log_level") {
+		s.LogLevel = fc.LogLevel
+	}
+	if def("metrics_listen") {
+		s.MetricsListen = string(fc.MetricsListen)
+	}
+	if def("buffer_limit") {
+		s.BufferLimit = byteSize(fc.BufferLimit)
+	}
+	if def("memory_budget") {
+		s.MemoryBudget = fc.MemoryBudget
+	}
+	if def("temp_dir") {
+		s.TempDir = string(fc.TempDir)
+	}
+	s.fileMilters = nil
+	for i, m := range fc.Milter {
+		at := fmt.Sprintf("%s:%s", path, loc.line(toml.Key{"milter"}, i))
+		if m.Socket != "" && len(m.Sockets) > 0 {
+			return fmt.Errorf("%s: [[milter]] #%d: give socket or sockets, not both", at, i+1)
+		}
+		sockets := m.Sockets
+		if m.Socket != "" {
+			sockets = []socketSpec{m.Socket}
+		}
+		if len(sockets) == 0 {
+			return fmt.Errorf("%s: [[milter]] #%d: no socket: give socket = \"inet:127.0.0.1:8891\" or sockets = [...] for a pool", at, i+1)
+		}
+		fm := fileMilterConfig{name: m.Name, action: string(m.DefaultAction), version: uint32(m.Protocol), where: at}
+		for _, sp := range sockets {
+			spec, _ := milter.ParseSpec(string(sp)) // checked while decoding
+			fm.endpoints = append(fm.endpoints, spec)
+		}
+		if fm.name == "" {
+			var names []string
+			for _, sp := range sockets {
+				names = append(names, string(sp))
+			}
+			fm.name = strings.Join(names, ",")
+		}
+		fm.connect, fm.command, fm.content = time.Duration(m.ConnectTimeout), time.Duration(m.CommandTimeout), time.Duration(m.ContentTimeout)
+		s.fileMilters = append(s.fileMilters, fm)
+	}
+	return nil
+}
+
+var tomlErrText = regexp.MustCompile(`^toml: line (\d+) \(last key "(.*?)"\): (.*)$`)
+
+// fileMilterConfig is a [[milter]] table, resolved into a milter.Config
+// once the global timeouts (which flags may override) are known.
+type fileMilterConfig struct {
+	name                      string
+	endpoints                 []milter.Spec
+	action                    string
+	connect, command, content time.Duration // 0: the global value
+	version                   uint32        // 0: 6
+	where                     string        // file:line, for errors
+}
+
+func (f fileMilterConfig) config(base milter.Options) milter.Config {
+	c := milter.Config{Name: f.name, Endpoints: f.endpoints, Options: base, DefaultAction: f.action}
+	if f.connect > 0 {
+		c.Options.ConnectTimeout = f.connect
+	}
+	if f.command > 0 {
+		c.Options.CommandTimeout = f.command
+	}
+	if f.content > 0 {
+		c.Options.ContentTimeout = f.content
+	}
+	if f.version > 0 {
+		c.Options.Version = f.version
+	}
+	return c
+}
+
+// Value types that check themselves while the file is decoded, so that a
+// bad value is reported with its line and key.
+
+// duration is a Go duration ("10s", "5m") or, as Postfix writes them, a
+// number of seconds.
+type duration time.Duration
+
+func (d *duration) UnmarshalTOML(v any) error {
+	var t time.Duration
+	switch x := v.(type) {
+	case int64:
+		t = time.Duration(x) * time.Second
+	case string:
+		var err error
+		if t, err = time.ParseDuration(x); err != nil {
+			return fmt.Errorf("bad duration %q: want e.g. \"30s\", \"5m\" or a number of seconds", x)
+		}
+	default:
+		return fmt.Errorf("bad duration %v: want e.g. \"30s\", \"5m\" or a number of seconds", v)
+	}
+	if t <= 0 {
+		return fmt.Errorf("duration %v must be positive", v)
+	}
+	*d = duration(t)
+	return nil
+}
+
+type actionName string
+
+func (a *actionName) UnmarshalText(b []byte) error {
+	act, err := gateway.ParseAction(string(b))
+	if err != nil {
+		return err
+	}
+	*a = actionName(act.String())
+	return nil
+}
+
+func oneOf(v string, choices ...string) error {
+	for _, c := range choices {
+		if v == c {
+			return nil
+		}
+	}
+	return fmt.Errorf("%q: want one of %s", v, strings.Join(choices, ", "))
+}
+
+type discardPolicy string
+
+func (p *discardPolicy) UnmarshalText(b []byte) error {
+	*p = discardPolicy(b)
+	return oneOf(string(b), "reject", "junk")
+}
+
+type quarPolicy string
+
+func (p *quarPolicy) UnmarshalText(b []byte) error {
+	*p = quarPolicy(b)
+	return oneOf(string(b), "mark", "reject", "tempfail")
+}
+
+type envPolicy string
+
+func (p *envPolicy) UnmarshalText(b []byte) error {
+	*p = envPolicy(b)
+	return oneOf(string(b), "tempfail", "reject", "ignore")
+}
+
+type socketSpec string
+
+func (s *socketSpec) UnmarshalText(b []byte) error {
+	if _, err := milter.ParseSpec(string(b)); err != nil {
+		return err
+	}
+	*s = socketSpec(b)
+	return nil
+}
+
+type protoVersion uint32
+
+func (p *protoVersion) UnmarshalTOML(v any) error {
+	n, ok := v.(int64)
+	if !ok || n < 2 || n > 6 {
+		return fmt.Errorf("protocol %v: want a milter protocol version from 2 to 6", v)
+	}
+	*p = protoVersion(n)
+	return nil
+}
+
+// bufferSize is a byteSize of at most 1G, the most one message may keep
+// in memory.
+type bufferSize byteSize
+
+func (b *bufferSize) UnmarshalTOML(v any) error {
+	var n byteSize
+	if err := n.UnmarshalTOML(v); err != nil {
+		return err
+	}
+	if err := checkBufferLimit(n); err != nil {
+		return err
+	}
+	*b = bufferSize(n)
+	return nil
+}
+
+// dirPath is a directory that exists.
+type dirPath string
+
+func (d *dirPath) UnmarshalText(b []byte) error {
+	if err := checkDir(string(b)); err != nil {
+		return err
+	}
+	*d = dirPath(b)
+	return nil
+}
+
+type listenAddr string
+
+func (l *listenAddr) UnmarshalText(b []byte) error {
+	if err := checkListen(string(b)); err != nil {
+		return err
+	}
+	*l = listenAddr(b)
+	return nil
+}
+
+// checkListen accepts host:port with a numeric port; "" turns metrics off.
+func checkListen(s string) error {
+	if s == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("metrics listen address %q: want host:port, e.g. 127.0.0.1:9465", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("metrics listen address %q: bad port", s)
+	}
+	return nil
+}
+
+// locator finds the line of a key in a TOML file: BurntSushi/toml reports
+// lines for values it fails to decode, but MetaData.Undecoded gives keys
+// only. It understands [table] and [[array]] headers, dotted and quoted
+// keys and multi-line strings, which is all a configuration file uses.
+type locator struct {
+	entries []locEntry
+}
+
+type locEntry struct {
+	line   int
+	path   []string // the full key path the line defines
+	header bool
+}
+
+func newLocator(data []byte) *locator {
+	l := &locator{}
+	var table []string
+	inMulti := "" // the closing quotes of a multi-line string in progress
+	for i, raw := range bytes.Split(data, []byte("\n")) {
+		line := strings.TrimSpace(string(raw))
+		if inMulti != "" {
+			if strings.Contains(line, inMulti) {
+				inMulti = ""
+			}
+			continue
+		}
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		if strings.HasPrefix(line, "[") {
+			inner := strings.TrimLeft(line, "[")
+			if j := strings.Index(inner, "]"); j >= 0 {
+				inner = inner[:j]
+			}
+			table = splitKey(inner)
+			l.entries = append(l.entries, locEntry{line: i + 1, path: table, header: true})
+			continue
+		}
+		k, rest, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		path := append(append([]string{}, table...), splitKey(k)...)
+		l.entries = append(l.entries, locEntry{line: i + 1, path: path})
+		for _, q := range []string{`"""`, `'''`} {
+			if v := strings.TrimSpace(rest); strings.HasPrefix(v, q) && !strings.Contains(v[3:], q) {
+				inMulti = q
+			}
+		}
+	}
+	return l
+}
+
+// splitKey splits a dotted key, honouring quotes.
+func splitKey(s string) []string {
+	var out []string
+	var cur strings.Builder
+	quote := byte(0)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case quote != 0 && c == quote:
+			quote = 0
+		case quote != 0:
+			cur.WriteByte(c)
+		case c == '"' || c == '\'':
+			quote = c
+		case c == '.':
+			out = append(out, strings.TrimSpace(cur.String()))
+			cur.Reset()
+		default:
+			cur.WriteByte(c)
+		}
+	}
+	return append(out, strings.TrimSpace(cur.String()))
+}
+
+// line returns the line of the nth (0-based; default the first) line that
+// defines key or something below it, as a string ("?" when not found).
+func (l *locator) line(key toml.Key, nth ...int) string {
+	want := 0
+	if len(nth) > 0 {
+		want = nth[0]
+	}
+	seen := 0
+	for _, e := range l.entries {
+		if len(e.path) < len(key) {
+			continue
+		}
+		match := true
+		for i := range key {
+			if e.path[i] != key[i] {
+				match = false
+				break
+			}
+		}
+		if !match || (len(nth) > 0 && (!e.header || len(e.path) != len(key))) {
+			continue
+		}
+		if seen == want {
+			return strconv.Itoa(e.line)
+		}
+		seen++
+	}
+	return "?"
+}

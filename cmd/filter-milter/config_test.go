@@ -1,0 +1,277 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+
+	"github.com/filter-milter/filter-milter/gateway"
+	"github.com/filter-milter/filter-milter/milter"
+)
+
+// parseArgs parses args with the shared flags, as every command does.
+func parseArgs(t *testing.T, args ...string) (settings, []milter.Config, error) {
+	t.Helper()
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	s := defaultSettings()
+	addFlags(fs, &s)
+	if err := parseSettings(fs, &s, args); err != nil {
+		return s, nil, err
+	}
+	ms, err := s.milterConfigs()
+	return s, ms, err
+}
+
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "filter-milter.toml")
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const goodConfig = `# every setting
+default_action = "accept"
+connect_timeout = "5s"
+command_timeout = 20          # seconds, as Postfix writes them
+content_timeout = "2m"
+shutdown_timeout = "45s"
+discard = "junk"
+quarantine = "reject"
+envelope_change = "ignore"
+hostname = "mx.example.org"
+daemon_name = "smtpd-in"
+log_level = "debug"
+metrics_listen = "127.0.0.1:9465"
+buffer_limit = "2M"
+memory_budget = 134217728
+temp_dir = "/tmp"
+
+[[milter]]
+name = "dkim"
+socket = "inet:127.0.0.1:8891"
+default_action = "tempfail"
+content_timeout = "10s"
+
+[[milter]]
+sockets = ["inet:11332@10.0.0.1", "unix:/run/rspamd/milter.sock"]
+connect_timeout = 3
+command_timeout = "4s"
+protocol = 4
+`
+
+func TestConfigFileGood(t *testing.T) {
+	path := writeConfig(t, goodConfig)
+	s, ms, err := parseArgs(t, "-config", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := settings{
+		ConfigPath: path, DefaultAction: "accept", ConnectTimeout: 5 * time.Second, CommandTimeout: 20 * time.Second,
+		ContentTimeout: 2 * time.Minute, ShutdownTimeout: 45 * time.Second,
+		Policy:   gateway.Policy{Discard: "junk", Quarantine: "reject", Envelope: "ignore"},
+		Hostname: "mx.example.org", DaemonName: "smtpd-in", LogLevel: zapcore.DebugLevel, MetricsListen: "127.0.0.1:9465",
+	}
+	got := s
+	got.fileMilters = nil
+	if got.ConfigPath != want.ConfigPath || got.DefaultAction != want.DefaultAction || got.ConnectTimeout != want.ConnectTimeout ||
+		got.CommandTimeout != want.CommandTimeout || got.ContentTimeout != want.ContentTimeout || got.ShutdownTimeout != want.ShutdownTimeout ||
+		got.Policy != want.Policy || got.Hostname != want.Hostname || got.DaemonName != want.DaemonName ||
+		got.LogLevel != want.LogLevel || got.MetricsListen != want.MetricsListen || len(got.Milters) != 0 ||
+		got.BufferLimit != 2<<20 || got.MemoryBudget != 128<<20 || got.TempDir != "/tmp" {
+		t.Errorf("settings\n got %+v\nwant %+v", got, want)
+	}
+	if len(ms) != 2 {
+		t.Fatalf("%d milters, want 2: %+v", len(ms), ms)
+	}
+	dkim := ms[0]
+	if dkim.Name != "dkim" || len(dkim.Endpoints) != 1 || dkim.Endpoints[0] != (milter.Spec{Network: "tcp4", Address: "127.0.0.1:8891"}) ||
+		dkim.DefaultAction != "tempfail" || dkim.Options.ConnectTimeout != 5*time.Second || dkim.Options.CommandTimeout != 20*time.Second ||
+		dkim.Options.ContentTimeout != 10*time.Second || dkim.Options.Version != 0 {
+		t.Errorf("first milter: %+v", dkim)
+	}
+	pool := ms[1]
+	if pool.Name != "inet:11332@10.0.0.1,unix:/run/rspamd/milter.sock" || len(pool.Endpoints) != 2 ||
+		pool.Endpoints[0] != (milter.Spec{Network: "tcp4", Address: "10.0.0.1:11332"}) ||
+		pool.Endpoints[1] != (milter.Spec{Network: "unix", Address: "/run/rspamd/milter.sock"}) ||
+		pool.DefaultAction != "" || pool.Options.ConnectTimeout != 3*time.Second || pool.Options.CommandTimeout != 4*time.Second ||
+		pool.Options.ContentTimeout != 2*time.Minute || pool.Options.Version != 4 {
+		t.Errorf("pool: %+v", pool)
+	}
+}
+
+func TestConfigFlagsOverrideFile(t *testing.T) {
+	path := writeConfig(t, goodConfig)
+	s, ms, err := parseArgs(t, "-default-action", "reject", "-config", path, "-command-timeout", "7s",
+		"-hostname", "other.example", "-log-level", "warn", "-metrics-listen", "", "-discard", "reject",
+		"--buffer-limit", "512K")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.DefaultAction != "reject" || s.CommandTimeout != 7*time.Second || s.Hostname != "other.example" ||
+		s.LogLevel != zapcore.WarnLevel || s.MetricsListen != "" || s.Policy.Discard != "reject" || s.BufferLimit != 512<<10 {
+		t.Errorf("flags did not override the file: %+v", s)
+	}
+	if gc := s.gatewayConfig(ms, nil); gc.BufferLimit != 512<<10 || gc.MemoryBudget != 128<<20 || gc.TempDir != "/tmp" ||
+		gc.DefaultAction != gateway.Reject || gc.Hostname != "other.example" || len(gc.Milters) != 2 {
+		t.Errorf("gateway config %+v", gc)
+	}
+	// What the flags did not set still comes from the file.
+	if s.ConnectTimeout != 5*time.Second || s.Policy.Quarantine != "reject" || s.DaemonName != "smtpd-in" {
+		t.Errorf("file settings lost: %+v", s)
+	}
+	// The global command timeout from the flag reaches a milter that does
+	// not set its own; its own setting still wins.
+	if ms[0].Options.CommandTimeout != 7*time.Second || ms[1].Options.CommandTimeout != 4*time.Second {
+		t.Errorf("milter command timeouts %v %v, want 7s 4s", ms[0].Options.CommandTimeout, ms[1].Options.CommandTimeout)
+	}
+
+	// -milter on the command line replaces the file's milters.
+	_, ms, err = parseArgs(t, "-config", path, "-milter", "inet:127.0.0.1:9999{default_action=reject}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 1 || ms[0].Endpoints[0].Address != "127.0.0.1:9999" || ms[0].DefaultAction != "reject" ||
+		ms[0].Options.ConnectTimeout != 5*time.Second {
+		t.Errorf("-milter with -config: %+v", ms)
+	}
+}
+
+func TestConfigFileErrors(t *testing.T) {
+	for _, c := range []struct {
+		name, text string
+		want       []string // substrings of the error
+	}{
+		{"unknown top-level key", "default_action = \"accept\"\ndefault_actoin = \"reject\"\n",
+			[]string{":2: unknown key default_actoin"}},
+		{"unknown key in a milter", "[[milter]]\nsocket = \"inet:127.0.0.1:1\"\n\n[[milter]]\nsocket = \"inet:127.0.0.1:2\"\ncomand_timeout = \"1s\"\n",
+			[]string{":6: unknown key milter.comand_timeout"}},
+		{"unknown table", "[[milter]]\nsocket = \"inet:127.0.0.1:1\"\n[policy]\ndiscard = \"junk\"\n",
+			[]string{":3: unknown key policy", ":4: unknown key policy.discard"}},
+		{"bad default action", "\n\ndefault_action = \"drop\"\n",
+			[]string{":3: key default_action:", `"drop"`}},
+		{"bad per-milter action", "[[milter]]\nsocket = \"inet:127.0.0.1:1\"\ndefault_action = \"bounce\"\n",
+			[]string{":3: key milter.default_action:", `"bounce"`}},
+		{"bad socket", "[[milter]]\nsocket = \"tcp:127.0.0.1:1\"\n",
+			[]string{":2: key milter.socket:", "unknown socket type"}},
+		{"bad duration", "command_timeout = \"soon\"\n[[milter]]\nsocket = \"inet:1\"\n",
+			[]string{":1: key command_timeout:", `"soon"`}},
+		{"negative duration", "[[milter]]\nsocket = \"inet:1\"\ncontent_timeout = -5\n",
+			[]string{":3: key milter.content_timeout:", "positive"}},
+		{"bad protocol", "[[milter]]\nsocket = \"inet:1\"\nprotocol = 7\n",
+			[]string{":3: key milter.protocol:", "2 to 6"}},
+		{"bad log level", "log_level = \"loud\"\n", []string{":1: key log_level:", "loud"}},
+		{"bad policy", "quarantine = \"hold\"\n", []string{":1: key quarantine:", "mark, reject, tempfail"}},
+		{"bad listen", "metrics_listen = \"9465\"\n", []string{":1: key metrics_listen:", "host:port"}},
+		{"wrong type", "hostname = 42\n", []string{":1: key hostname:"}},
+		{"bad size", "\nbuffer_limit = \"lots\"\n", []string{":2: key buffer_limit:", `"lots"`}},
+		{"negative size", "memory_budget = -1\n", []string{":1: key memory_budget:"}},
+		{"buffer over 1G", "\n\nbuffer_limit = \"2G\"\n", []string{":3: key buffer_limit:", "at most 1G"}},
+		{"missing temp dir", "temp_dir = \"/nonexistent/spool\"\n", []string{":1: key temp_dir:", "not a directory"}},
+		{"syntax", "default_action = \"accept\"\nhostname = mx.example.org\n", []string{":2:"}},
+		{"milter without socket", "[[milter]]\nsocket = \"inet:1\"\n\n[[milter]]\nname = \"x\"\n",
+			[]string{":4: [[milter]] #2: no socket"}},
+		{"socket and sockets", "[[milter]]\nsocket = \"inet:1\"\nsockets = [\"inet:2\"]\n",
+			[]string{":1: [[milter]] #1: give socket or sockets, not both"}},
+		{"no milter", "hostname = \"mx\"\n", []string{"no milter configured", "[[milter]]"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := writeConfig(t, c.text)
+			_, _, err := parseArgs(t, "-config", path)
+			if err == nil {
+				t.Fatalf("no error for\n%s", c.text)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, path) {
+				t.Errorf("error does not name the file %s: %s", path, msg)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(msg, w) {
+					t.Errorf("error %q does not contain %q", msg, w)
+				}
+			}
+		})
+	}
+}
+
+func TestByteSize(t *testing.T) {
+	for in, want := range map[string]byteSize{"1": 1, "512K": 512 << 10, "1M": 1 << 20, "64MiB": 64 << 20, "2G": 2 << 30, "3kB": 3 << 10} {
+		if got, err := parseByteSize(in); err != nil || got != want {
+			t.Errorf("parseByteSize(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "0", "-1", "1T", "M", "1.5M", "99999999999G"} {
+		if got, err := parseByteSize(bad); err == nil {
+			t.Errorf("parseByteSize(%q) = %v, want an error", bad, got)
+		}
+	}
+	if s := byteSize(64 << 20).String(); s != "64M" {
+		t.Errorf("String() = %q", s)
+	}
+}
+
+func TestConfigFileMissing(t *testing.T) {
+	_, _, err := parseArgs(t, "-config", "/nonexistent/filter-milter.toml")
+	if err == nil || !strings.Contains(err.Error(), "/nonexistent/filter-milter.toml") {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+// TestFilterRefusesBadConfig runs the filter command with a bad file: it
+// must exit 2 with the file, line and key on stderr before reading stdin.
+func TestFilterRefusesBadConfig(t *testing.T) {
+	path := writeConfig(t, "[[milter]]\nsocket = \"inet:1\"\nsokcet = \"inet:2\"\n")
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"-config", path}, strings.NewReader(""), &stdout, &stderr)
+	if code != exitUsage {
+		t.Errorf("exit %d, want %d", code, exitUsage)
+	}
+	if want := path + ":3: unknown key milter.sokcet"; !strings.Contains(stderr.String(), want) {
+		t.Errorf("stderr %q does not contain %q", stderr.String(), want)
+	}
+	if stdout.Len() != 0 {
+		t.Errorf("stdout must carry protocol lines only, got %q", stdout.String())
+	}
+}
+
+func TestLocator(t *testing.T) {
+	data := []byte(`a = 1
+s = """
+x = 2
+"""
+[t]
+"quoted.key" = 3
+b.c = 4
+[[arr]]
+k = 5
+[[arr]]
+k = 6
+`)
+	l := newLocator(data)
+	for _, c := range []struct {
+		key  []string
+		nth  []int
+		want string
+	}{
+		{[]string{"a"}, nil, "1"},
+		{[]string{"x"}, nil, "?"}, // inside a multi-line string
+		{[]string{"t", "quoted.key"}, nil, "6"},
+		{[]string{"t", "b", "c"}, nil, "7"},
+		{[]string{"t", "b"}, nil, "7"},
+		{[]string{"arr"}, []int{1}, "10"},
+		{[]string{"arr", "k"}, nil, "9"},
+	} {
+		if got := l.line(c.key, c.nth...); got != c.want {
+			t.Errorf("line(%v, %v) = %s, want %s", c.key, c.nth, got, c.want)
+		}
+	}
+}

@@ -1,0 +1,287 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/filter-milter/filter-milter/gateway"
+	"github.com/filter-milter/filter-milter/milter"
+)
+
+// settings are everything the filter, check and test commands are
+// configured with: defaults, then the configuration file, then the flags
+// given on the command line.
+type settings struct {
+	ConfigPath      string
+	Milters         []string // -milter, in Postfix notation; replaces the file's milters when given
+	DefaultAction   string
+	ConnectTimeout  time.Duration
+	CommandTimeout  time.Duration
+	ContentTimeout  time.Duration
+	ShutdownTimeout time.Duration
+	Policy          gateway.Policy
+	Hostname        string
+	DaemonName      string
+	LogLevel        zapcore.Level
+	MetricsListen   string
+	BufferLimit     byteSize // one message's memory before it spills to a temporary file
+	MemoryBudget    byteSize // the memory of all messages together
+	TempDir         string   // where spilled messages go ("": os.TempDir)
+
+	fileMilters []fileMilterConfig // [[milter]] tables of the configuration file
+}
+
+func defaultSettings() settings {
+	return settings{
+		DefaultAction:   "tempfail",
+		ConnectTimeout:  milter.DefaultOptions.ConnectTimeout,
+		CommandTimeout:  milter.DefaultOptions.CommandTimeout,
+		ContentTimeout:  milter.DefaultOptions.ContentTimeout,
+		ShutdownTimeout: 30 * time.Second,
+		Policy:          gateway.DefaultPolicy,
+		LogLevel:        zapcore.InfoLevel,
+		BufferLimit:     1 << 20,
+		MemoryBudget:    64 << 20,
+	}
+}
+
+// byteSize is a number of bytes, written plain or with a binary suffix:
+// 512K, 1M, 64MiB, 1G.
+type byteSize int64
+
+func parseByteSize(v string) (byteSize, error) {
+	s := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSpace(v), "iB"), "B")
+	mult := int64(1)
+	if s != "" {
+		switch s[len(s)-1] {
+		case 'k', 'K':
+			mult = 1 << 10
+		case 'm', 'M':
+			mult = 1 << 20
+		case 'g', 'G':
+			mult = 1 << 30
+		}
+		if mult > 1 {
+			s = s[:len(s)-1]
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || n <= 0 || n > (1<<62)/mult {
+		return 0, fmt.Errorf("size %q: want a positive number of bytes, with K, M or G for KiB, MiB or GiB", v)
+	}
+	return byteSize(n * mult), nil
+}
+
+func (b *byteSize) Set(v string) error {
+	n, err := parseByteSize(v)
+	if err == nil {
+		*b = n
+	}
+	return err
+}
+
+func (b byteSize) String() string {
+	switch {
+	case b > 0 && b%(1<<30) == 0:
+		return fmt.Sprintf("%dG", b>>30)
+	case b > 0 && b%(1<<20) == 0:
+		return fmt.Sprintf("%dM", b>>20)
+	case b > 0 && b%(1<<10) == 0:
+		return fmt.Sprintf("%dK", b>>10)
+	}
+	return strconv.FormatInt(int64(b), 10)
+}
+
+func checkBufferLimit(b byteSize) error {
+	if b > 1<<30 {
+		return fmt.Errorf("%v: at most 1G", b)
+	}
+	return nil
+}
+
+// checkDir accepts "" (the default) or an existing directory.
+func checkDir(path string) error {
+	if path == "" {
+		return nil
+	}
+	if st, err := os.Stat(path); err != nil || !st.IsDir() {
+		return fmt.Errorf("%s: not a directory", path)
+	}
+	return nil
+}
+
+// UnmarshalTOML takes a number of bytes or a string with a suffix.
+func (b *byteSize) UnmarshalTOML(v any) error {
+	switch x := v.(type) {
+	case int64:
+		return b.Set(strconv.FormatInt(x, 10))
+	case string:
+		return b.Set(x)
+	}
+	return fmt.Errorf("size %v: want a number of bytes or a string such as \"64M\"", v)
+}
+
+type specList []string
+
+func (l *specList) String() string     { return strings.Join(*l, " ") }
+func (l *specList) Set(s string) error { *l = append(*l, s); return nil }
+
+// addFlags registers the flags every command shares. Their values land in
+// s; parse applies the configuration file under them.
+func addFlags(fs *flag.FlagSet, s *settings) {
+	fs.StringVar(&s.ConfigPath, "config", "", "a configuration file (TOML) with the settings below; flags given on the command line override it")
+	fs.Var((*specList)(&s.Milters), "milter", "a milter: unix:/path, inet:host:port, inet:port@host or inet6:[addr]:port; several endpoints of one role separated by commas form a pool; settings in braces: {default_action=accept, connect_timeout=10s, command_timeout=10s, content_timeout=5m, protocol=6}. Repeat for several milters, in order; replaces the configuration file's milters")
+	fs.StringVar(&s.DefaultAction, "default-action", s.DefaultAction, "what a session gets when a milter fails or times out: tempfail, accept or reject")
+	fs.DurationVar(&s.ConnectTimeout, "connect-timeout", s.ConnectTimeout, "time to connect to a milter and negotiate")
+	fs.DurationVar(&s.CommandTimeout, "command-timeout", s.CommandTimeout, "time a milter has to answer CONNECT, HELO, MAIL, RCPT and DATA")
+	fs.DurationVar(&s.ContentTimeout, "content-timeout", s.ContentTimeout, "time a milter has to answer each header, body chunk and end of message")
+	fs.StringVar(&s.Policy.Discard, "discard", s.Policy.Discard, "a milter's DISCARD (OpenSMTPD has no silent drop): reject (550 5.7.1) or junk (deliver marked X-Spam: yes)")
+	fs.StringVar(&s.Policy.Quarantine, "quarantine", s.Policy.Quarantine, "a milter's QUARANTINE: mark (deliver marked X-Spam: yes), reject or tempfail")
+	fs.StringVar(&s.Policy.Envelope, "envelope-change", s.Policy.Envelope, "a milter's recipient or sender change at end of message (OpenSMTPD cannot make it): tempfail, reject or ignore")
+	fs.DurationVar(&s.ShutdownTimeout, "shutdown-timeout", s.ShutdownTimeout, "once smtpd closes the pipe (or on SIGTERM), how long sessions in flight may take to finish")
+	fs.StringVar(&s.Hostname, "hostname", s.Hostname, "the j macro (MTA host name); default: smtpd's own name")
+	fs.StringVar(&s.DaemonName, "daemon-name", s.DaemonName, "the {daemon_name} macro; default: the host name")
+	fs.TextVar(&s.LogLevel, "log-level", s.LogLevel, "log level: debug, info, warn or error")
+	fs.Var(&s.BufferLimit, "buffer-limit", "how much of one message is kept in memory before the rest goes to an unlinked temporary file (K, M, G suffixes)")
+	fs.Var(&s.MemoryBudget, "memory-budget", "the memory all buffered messages may use together; beyond it messages go to temporary files")
+	fs.StringVar(&s.TempDir, "temp-dir", s.TempDir, "where messages over the memory limits are buffered; default: $TMPDIR or /tmp")
+	fs.StringVar(&s.MetricsListen, "metrics-listen", s.MetricsListen, "serve Prometheus metrics over HTTP on this address (host:port, e.g. 127.0.0.1:9465); empty: no metrics")
+}
+
+// settingFlags are the flags whose value a configuration file can set,
+// and how to copy each from the file's settings.
+var settingFlags = map[string]func(dst, src *settings){
+	"default-action":   func(d, s *settings) { d.DefaultAction = s.DefaultAction },
+	"connect-timeout":  func(d, s *settings) { d.ConnectTimeout = s.ConnectTimeout },
+	"command-timeout":  func(d, s *settings) { d.CommandTimeout = s.CommandTimeout },
+	"content-timeout":  func(d, s *settings) { d.ContentTimeout = s.ContentTimeout },
+	"discard":          func(d, s *settings) { d.Policy.Discard = s.Policy.Discard },
+	"quarantine":       func(d, s *settings) { d.Policy.Quarantine = s.Policy.Quarantine },
+	"envelope-change":  func(d, s *settings) { d.Policy.Envelope = s.Policy.Envelope },
+	"shutdown-timeout": func(d, s *settings) { d.ShutdownTimeout = s.ShutdownTimeout },
+	"hostname":         func(d, s *settings) { d.Hostname = s.Hostname },
+	"daemon-name":      func(d, s *settings) { d.DaemonName = s.DaemonName },
+	"log-level":        func(d, s *settings) { d.LogLevel = s.LogLevel },
+	"metrics-listen":   func(d, s *settings) { d.MetricsListen = s.MetricsListen },
+	"buffer-limit":     func(d, s *settings) { d.BufferLimit = s.BufferLimit },
+	"memory-budget":    func(d, s *settings) { d.MemoryBudget = s.MemoryBudget },
+	"temp-dir":         func(d, s *settings) { d.TempDir = s.TempDir },
+}
+
+// applyConfig reads s.ConfigPath, when given, and takes from it every
+// setting whose flag was not given on the command line.
+func (s *settings) applyConfig(fs *flag.FlagSet) error {
+	if s.ConfigPath == "" {
+		return nil
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	file := defaultSettings()
+	if err := loadConfig(s.ConfigPath, &file); err != nil {
+		return err
+	}
+	for name, copyFrom := range settingFlags {
+		if !set[name] {
+			copyFrom(s, &file)
+		}
+	}
+	if !set["milter"] {
+		s.fileMilters = file.fileMilters
+	}
+	return nil
+}
+
+// options are the milter options every milter starts from.
+func (s *settings) options() milter.Options {
+	o := milter.DefaultOptions
+	o.ConnectTimeout, o.CommandTimeout, o.ContentTimeout = s.ConnectTimeout, s.CommandTimeout, s.ContentTimeout
+	return o
+}
+
+// check validates what the flags could not, and returns the milters.
+func (s *settings) milterConfigs() ([]milter.Config, error) {
+	if _, err := gateway.ParseAction(s.DefaultAction); err != nil {
+		return nil, fmt.Errorf("default action: %w", err)
+	}
+	if err := s.Policy.Check(); err != nil {
+		return nil, err
+	}
+	if err := checkListen(s.MetricsListen); err != nil {
+		return nil, err
+	}
+	if err := checkBufferLimit(s.BufferLimit); err != nil {
+		return nil, fmt.Errorf("-buffer-limit: %w", err)
+	}
+	if err := checkDir(s.TempDir); err != nil {
+		return nil, fmt.Errorf("-temp-dir: %w", err)
+	}
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{{"connect-timeout", s.ConnectTimeout}, {"command-timeout", s.CommandTimeout}, {"content-timeout", s.ContentTimeout}, {"shutdown-timeout", s.ShutdownTimeout}} {
+		if d.d <= 0 {
+			return nil, fmt.Errorf("-%s %v: must be positive", d.name, d.d)
+		}
+	}
+	var out []milter.Config
+	if len(s.Milters) > 0 {
+		for _, spec := range s.Milters {
+			c, err := milter.ParseConfig(spec, s.options())
+			if err != nil {
+				return nil, fmt.Errorf("-milter: %w", err)
+			}
+			out = append(out, c)
+		}
+		return out, nil
+	}
+	for _, f := range s.fileMilters {
+		out = append(out, f.config(s.options()))
+	}
+	if len(out) == 0 {
+		if s.ConfigPath != "" {
+			return nil, fmt.Errorf("no milter configured: give a [[milter]] table in %s or -milter SPEC", s.ConfigPath)
+		}
+		return nil, errors.New("no milter configured: give at least one -milter SPEC, or -config FILE")
+	}
+	return out, nil
+}
+
+// gatewayConfig is the gateway's configuration for these settings.
+func (s *settings) gatewayConfig(milters []milter.Config, log *zap.Logger) gateway.Config {
+	action, _ := gateway.ParseAction(s.DefaultAction) // checked in milterConfigs
+	var pools []*milter.Pool
+	for _, c := range milters {
+		pools = append(pools, milter.NewPool(c))
+	}
+	return gateway.Config{
+		Milters:         pools,
+		DefaultAction:   action,
+		Policy:          s.Policy,
+		Hostname:        s.Hostname,
+		DaemonName:      s.DaemonName,
+		Log:             log,
+		ShutdownTimeout: s.ShutdownTimeout,
+		BufferLimit:     int(s.BufferLimit),
+		MemoryBudget:    int64(s.MemoryBudget),
+		TempDir:         s.TempDir,
+	}
+}
+
+// newLogger logs to stderr, one line per entry, without colour: smtpd
+// copies each line into its log prefixed with the filter's name.
+func newLogger(level zapcore.Level) *zap.Logger {
+	enc := zap.NewProductionEncoderConfig()
+	enc.TimeKey = "" // smtpd and syslog stamp the time
+	enc.EncodeLevel = zapcore.LowercaseLevelEncoder
+	enc.ConsoleSeparator = " "
+	core := zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.Lock(os.Stderr), level)
+	return zap.New(core)
+}
