@@ -293,6 +293,7 @@ func (s *session) openMilters() (answer, bool) {
 		s.milters[i] = sl
 		m, err := p.Open(s.macros)
 		if err != nil {
+			s.g.cfg.Observer.MilterError(s.id, p.Name(), "open", err)
 			if a, stop := s.milterFailed(sl, err); stop {
 				return a, false
 			}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // Pool is one milter role served by several endpoints. Sessions are spread
@@ -104,14 +106,22 @@ func (p *Pool) markDown(c *Client) {
 		if ep.client == c {
 			ep.backoff = min(max(ep.backoff*2, minBackoff), maxBackoff)
 			ep.downUntil = time.Now().Add(ep.backoff)
+			if len(p.eps) > 1 {
+				log.Warn("milter endpoint marked down", zap.String("milter", p.Name()),
+					zap.String("endpoint", c.Name), zap.Duration("retry_after", ep.backoff))
+			}
 		}
 	}
 }
 
 func (p *Pool) markUp(ep *endpoint) {
 	p.mu.Lock()
+	was := !ep.downUntil.IsZero()
 	ep.backoff, ep.downUntil = 0, time.Time{}
 	p.mu.Unlock()
+	if was && len(p.eps) > 1 {
+		log.Info("milter endpoint up again", zap.String("milter", p.Name()), zap.String("endpoint", ep.client.Name))
+	}
 }
 
 // Endpoint names the endpoint a session talks to.

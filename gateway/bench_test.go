@@ -1,0 +1,502 @@
+package gateway
+
+// Benchmarks of whole messages through the gateway: Run on in-memory pipes,
+// the benchmark playing smtpd with the line formats of the real 6.8
+// transcripts (protocol 0.6), one SMTP session with one message per
+// operation, against an in-process milter that accepts everything.
+//
+//	go test -run XXX -bench . -benchmem ./gateway
+//
+// Sub-benchmarks:
+//
+//	size=2KB|100KB       the message, as smtpd's data lines (its Received
+//	                     header, then the client's header and body lines)
+//	milter=null          a hand-written null milter on a unix socket that
+//	                     allocates nothing per connection or packet, so
+//	                     allocs/op and B/op are the gateway's (this driver
+//	                     allocates nothing per message once warm). It
+//	                     negotiates no actions, like the libmilter null
+//	                     milter of the end-to-end runs: the gateway may
+//	                     echo each data line at once.
+//	milter=null-addheader  the same milter negotiating SMFIF_ADDHDRS (as
+//	                     opendkim does) and never using it: the gateway
+//	                     holds every line until the end of message.
+//	milter=miltertest    milter/miltertest (go-milter's server side, TCP,
+//	                     every action): its own allocations and the copy of
+//	                     every message it records count in allocs/op, B/op
+//	sessions=1|32        SMTP sessions in flight at once
+//
+// msgs/s is b.N over the measured time.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/filter-milter/filter-milter/milter"
+	"github.com/filter-milter/filter-milter/milter/miltertest"
+)
+
+func BenchmarkMessage(b *testing.B) {
+	for _, size := range []struct {
+		name  string
+		bytes int
+	}{{"2KB", 2 << 10}, {"100KB", 100 << 10}} {
+		for _, ml := range []string{"null", "null-addheader", "miltertest"} {
+			for _, sessions := range []int{1, 32} {
+				b.Run(fmt.Sprintf("size=%s/milter=%s/sessions=%d", size.name, ml, sessions), func(b *testing.B) {
+					var spec string
+					switch ml {
+					case "null":
+						spec = startBenchNullMilter(b, benchNoActions)
+					case "null-addheader":
+						spec = startBenchNullMilter(b, benchAddHeader)
+					default:
+						spec = miltertest.Start(b, miltertest.Script{}).Spec
+					}
+					benchMessages(b, spec, size.bytes, sessions)
+				})
+			}
+		}
+	}
+}
+
+// benchMessages runs b.N sessions of one message each, with at most
+// sessions of them at once, and reports msgs/s.
+func benchMessages(b *testing.B, spec string, size, sessions int) {
+	d := startBenchSmtpd(b, spec)
+	body := benchMessageLines(size)
+	var next atomic.Int64
+	errc := make(chan error, sessions)
+	var wg sync.WaitGroup
+	scripts := make([]*benchScript, sessions)
+	for w := range scripts {
+		scripts[w] = d.newScript(w, body)
+	}
+	b.ReportAllocs()
+	b.SetBytes(int64(size))
+	b.ResetTimer()
+	for _, sc := range scripts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(b.N) {
+				if err := sc.run(); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	close(errc)
+	if err := <-errc; err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// benchSmtpd plays smtpd on the gateway's pipes: scripts write their lines
+// (each batch in one Write, which io.Pipe keeps whole), one goroutine reads
+// the gateway's answers and hands each to its session.
+type benchSmtpd struct {
+	in   *io.PipeWriter
+	mu   sync.RWMutex
+	sess map[[16]byte]*benchSession
+}
+
+type benchSession struct {
+	ch    chan benchAnswer
+	lines int // data lines echoed so far; the reader's
+}
+
+type benchAnswer struct {
+	dot    bool   // the final "." of the data lines came back
+	lines  int    // with dot: how many data lines came back before it
+	answer string // a filter-result other than proceed ("" for proceed)
+}
+
+func startBenchSmtpd(b *testing.B, spec string) *benchSmtpd {
+	b.Helper()
+	opts := milter.DefaultOptions
+	c, err := milter.ParseConfig(spec, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The production logger (cmd/filter-milter) at its default level, to
+	// io.Discard: the gateway's one log line per message is part of its cost.
+	enc := zap.NewProductionEncoderConfig()
+	enc.TimeKey = ""
+	logger := zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.AddSync(io.Discard), zapcore.InfoLevel))
+	g := New(Config{Milters: []*milter.Pool{milter.NewPool(c)}, DefaultAction: Tempfail, Log: logger})
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- g.Run(inR, outW); _ = outW.Close() }()
+	d := &benchSmtpd{in: inW, sess: map[[16]byte]*benchSession{}}
+	out := bufio.NewReaderSize(outR, 64<<10)
+	if _, err := io.WriteString(inW, "config|smtpd-version|6.8.0p2\nconfig|smtp-session-timeout|300\n"+
+		"config|subsystem|smtp-in\nconfig|admd|mx.bench.example\nconfig|ready\n"); err != nil {
+		b.Fatal(err)
+	}
+	for {
+		l, err := out.ReadString('\n')
+		if err != nil {
+			b.Fatalf("handshake: %v", err)
+		}
+		if l == "register|ready\n" {
+			break
+		}
+	}
+	readDone := make(chan struct{})
+	go func() { d.read(out); close(readDone) }()
+	b.Cleanup(func() {
+		_ = inW.Close()
+		select {
+		case err := <-done:
+			if err != nil {
+				b.Errorf("Run: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			b.Error("the gateway did not stop after stdin closed")
+		}
+		<-readDone
+	})
+	return d
+}
+
+func (d *benchSmtpd) read(out *bufio.Reader) {
+	const idLen = 16
+	for {
+		l, err := out.ReadSlice('\n')
+		if err != nil {
+			if errors.Is(err, bufio.ErrBufferFull) {
+				panic("benchmark: answer line longer than the read buffer")
+			}
+			return
+		}
+		l = l[:len(l)-1]
+		var rest []byte
+		dataline := bytes.HasPrefix(l, []byte("filter-dataline|"))
+		switch {
+		case dataline:
+			rest = l[len("filter-dataline|"):]
+		case bytes.HasPrefix(l, []byte("filter-result|")):
+			rest = l[len("filter-result|"):]
+		default:
+			panic(fmt.Sprintf("benchmark: unexpected line from the gateway: %q", l))
+		}
+		if len(rest) < 2*idLen+2 {
+			panic(fmt.Sprintf("benchmark: short line from the gateway: %q", l))
+		}
+		var id [idLen]byte
+		copy(id[:], rest)
+		d.mu.RLock()
+		s := d.sess[id]
+		d.mu.RUnlock()
+		if s == nil {
+			panic(fmt.Sprintf("benchmark: answer for an unknown session: %q", l))
+		}
+		payload := rest[2*idLen+2:]
+		switch {
+		case dataline && len(payload) == 1 && payload[0] == '.':
+			s.ch <- benchAnswer{dot: true, lines: s.lines}
+			s.lines = 0
+		case dataline:
+			s.lines++
+		case string(payload) == "proceed":
+			s.ch <- benchAnswer{}
+		default:
+			s.ch <- benchAnswer{answer: string(payload)}
+		}
+	}
+}
+
+// benchScript is one worker's SMTP session, as smtpd's lines with the
+// session id patched in for each operation.
+type benchScript struct {
+	d      *benchSmtpd
+	worker int
+	n      int
+	id     [16]byte
+	sess   *benchSession
+	timer  *time.Timer
+	steps  [][]byte // each step's lines; every step but the last gets an answer
+	ids    [][]int  // offsets of the session id in each step
+	nlines int      // data lines in the message
+}
+
+const benchSIDMark = "SSSSSSSSSSSSSSSS"
+
+func (d *benchSmtpd) newScript(worker int, body [][]byte) *benchScript {
+	const v = "0.6|1795504923.801342|smtp-in|"
+	rep := func(event, params string) string {
+		return "report|" + v + event + "|" + benchSIDMark + params + "\n"
+	}
+	req := func(phase, tok, param string) string {
+		return "filter|" + v + phase + "|" + benchSIDMark + "|" + tok + "|" + param + "\n"
+	}
+	var data bytes.Buffer
+	for _, l := range body {
+		data.WriteString("filter|" + v + "data-line|" + benchSIDMark + "|0b70359911b2783b|")
+		data.Write(l)
+		data.WriteByte('\n')
+	}
+	data.WriteString(req("data-line", "0b70359911b2783b", "."))
+	texts := []string{
+		rep("link-connect", "|localhost|pass|127.0.0.1:50230|127.0.0.1:2525") +
+			req("connect", "0b703591b1454d71", "localhost|127.0.0.1"),
+		rep("link-greeting", "|mx.bench.example") +
+			rep("protocol-client", "|EHLO client.bench.example") +
+			req("ehlo", "0b703593f79517b4", "client.bench.example"),
+		rep("protocol-client", "|MAIL FROM:<sender@bench.example> SIZE=3137") +
+			req("mail-from", "0b703596e6d1e39f", "sender@bench.example"),
+		rep("tx-begin", "|2a4946c4") +
+			rep("protocol-client", "|RCPT TO:<rcpt@bench.example>") +
+			req("rcpt-to", "0b703597dd6b2e30", "rcpt@bench.example"),
+		rep("protocol-client", "|DATA") +
+			req("data", "0b7035986cc3a08a", ""),
+		data.String(),
+		rep("protocol-client", "|.") +
+			req("commit", "0b70359fc373e2bc", ""),
+		rep("tx-commit", "|2a4946c4|3137") + rep("tx-reset", "|2a4946c4") +
+			rep("protocol-client", "|QUIT") + rep("link-disconnect", ""),
+	}
+	sc := &benchScript{d: d, worker: worker, nlines: len(body), timer: time.NewTimer(time.Hour),
+		sess: &benchSession{ch: make(chan benchAnswer, 4)}}
+	sc.timer.Stop()
+	for _, t := range texts {
+		step := []byte(t)
+		var offs []int
+		for i := 0; ; {
+			j := bytes.Index(step[i:], []byte(benchSIDMark))
+			if j < 0 {
+				break
+			}
+			offs = append(offs, i+j)
+			i += j + len(benchSIDMark)
+		}
+		sc.steps = append(sc.steps, step)
+		sc.ids = append(sc.ids, offs)
+	}
+	return sc
+}
+
+// run plays one whole session with one message and checks every answer.
+func (sc *benchScript) run() error {
+	sc.n++
+	// A fresh session id: worker in the high half, a counter in the low.
+	const hex = "0123456789abcdef"
+	for i, v := 0, uint64(sc.worker+1)<<32|uint64(uint32(sc.n)); i < 16; i++ {
+		sc.id[15-i] = hex[v>>(4*i)&0xf]
+	}
+	for i, step := range sc.steps {
+		for _, off := range sc.ids[i] {
+			copy(step[off:], sc.id[:])
+		}
+	}
+	sc.d.mu.Lock()
+	sc.d.sess[sc.id] = sc.sess
+	sc.d.mu.Unlock()
+	defer func() {
+		sc.d.mu.Lock()
+		delete(sc.d.sess, sc.id)
+		sc.d.mu.Unlock()
+	}()
+	last := len(sc.steps) - 1
+	for i, step := range sc.steps {
+		if _, err := sc.d.in.Write(step); err != nil {
+			return err
+		}
+		if i == last {
+			break
+		}
+		var a benchAnswer
+		sc.timer.Reset(10 * time.Second)
+		select {
+		case a = <-sc.sess.ch:
+			sc.timer.Stop()
+		case <-sc.timer.C:
+			return fmt.Errorf("session %s: no answer to step %d within 10s", sc.id, i)
+		}
+		switch {
+		case a.answer != "":
+			return fmt.Errorf("session %s: step %d answered %q", sc.id, i, a.answer)
+		case i == 5 && (!a.dot || a.lines != sc.nlines):
+			return fmt.Errorf("session %s: %d data lines came back (dot %v), want %d", sc.id, a.lines, a.dot, sc.nlines)
+		case i != 5 && a.dot:
+			return fmt.Errorf("session %s: data lines at step %d", sc.id, i)
+		}
+	}
+	return nil
+}
+
+// benchMessageLines is a message of about size bytes as smtpd's data lines:
+// smtpd's Received header, a plain header and body lines of 76 characters,
+// still dot-stuffed (a body line starting with "." is sent as "..").
+func benchMessageLines(size int) [][]byte {
+	lines := []string{
+		"Received: from client.bench.example (localhost [127.0.0.1])",
+		"\tby mx.bench.example (OpenSMTPD) with ESMTP id 2a4946c4;",
+		"\tTue, 24 Nov 2026 07:22:03 +0000 (UTC)",
+		"From: Sender <sender@bench.example>",
+		"To: Recipient <rcpt@bench.example>",
+		"Subject: benchmark message",
+		"Date: Tue, 24 Nov 2026 07:22:03 +0000",
+		"Message-ID: <20261124072203.2a4946c4@client.bench.example>",
+		"MIME-Version: 1.0",
+		"Content-Type: text/plain; charset=us-ascii",
+		"",
+	}
+	n := 0
+	for _, l := range lines {
+		n += len(l) + 2
+	}
+	const text = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore "
+	for i := 0; n < size; i++ {
+		l := strconv.Itoa(i) + " " + text
+		l = l[:76]
+		if i%40 == 39 {
+			l = ".." + l[2:] // a stuffed leading dot now and then
+		}
+		lines = append(lines, l)
+		n += len(l) + 2
+	}
+	out := make([][]byte, len(lines))
+	for i, l := range lines {
+		out[i] = []byte(l)
+	}
+	return out
+}
+
+// startBenchNullMilter serves a minimal null milter on a unix socket: it
+// negotiates version 6 with the given actions and no protocol flags (so
+// the gateway sends every stage, headers and body included), answers
+// continue to every command and accept at end of message, never asks for a
+// change, and allocates nothing per connection or packet once warm.
+func startBenchNullMilter(b *testing.B, actions uint32) string {
+	b.Helper()
+	dir, err := os.MkdirTemp("", "fm-bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	path := filepath.Join(dir, "null.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	optneg := []byte{0, 0, 0, 13, 'O', 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(optneg[9:], actions)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	conns := map[net.Conn]bool{}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				serveBenchNullMilter(c, optneg)
+				mu.Lock()
+				delete(conns, c)
+				mu.Unlock()
+				_ = c.Close()
+			}()
+		}
+	}()
+	b.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		for c := range conns {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+		_ = os.RemoveAll(dir)
+	})
+	return "unix:" + path
+}
+
+// Milter action flags (libmilter's SMFIF_*) for startBenchNullMilter.
+const (
+	benchNoActions = 0
+	benchAddHeader = 0x01 // SMFIF_ADDHDRS: the gateway must hold the lines until end of message
+)
+
+type benchMilterBufs struct {
+	r   *bufio.Reader
+	w   *bufio.Writer
+	buf []byte
+}
+
+var benchMilterPool = sync.Pool{New: func() any {
+	return &benchMilterBufs{r: bufio.NewReaderSize(nil, 64<<10), w: bufio.NewWriterSize(nil, 4<<10), buf: make([]byte, 0, 64<<10)}
+}}
+
+func serveBenchNullMilter(c net.Conn, optneg []byte) {
+	bufs := benchMilterPool.Get().(*benchMilterBufs)
+	defer benchMilterPool.Put(bufs)
+	r, w := bufs.r, bufs.w
+	r.Reset(c)
+	w.Reset(c)
+	reply := [5]byte{0, 0, 0, 1, 'c'}
+	for {
+		var hdr [4]byte
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			return
+		}
+		n := binary.BigEndian.Uint32(hdr[:])
+		if n == 0 || n > 64<<20 {
+			return
+		}
+		if cap(bufs.buf) < int(n) {
+			bufs.buf = make([]byte, n)
+		}
+		buf := bufs.buf[:n]
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return
+		}
+		switch buf[0] {
+		case 'O': // SMFIC_OPTNEG
+			_, _ = w.Write(optneg)
+		case 'D', 'A': // SMFIC_MACRO, SMFIC_ABORT: no reply
+		case 'Q': // SMFIC_QUIT
+			_ = w.Flush()
+			return
+		case 'E': // SMFIC_BODYEOB: accept
+			reply[4] = 'a'
+			_, _ = w.Write(reply[:])
+		default: // CONNECT, HELO, MAIL, RCPT, DATA, HEADER, EOH, BODY, UNKNOWN: continue
+			reply[4] = 'c'
+			_, _ = w.Write(reply[:])
+		}
+		if r.Buffered() == 0 {
+			if err := w.Flush(); err != nil {
+				return
+			}
+		}
+	}
+}
