@@ -14,7 +14,12 @@ TESTFLAGS ?=
 # each package's testdata/fuzz/.
 FUZZTIME ?= 10s
 
-.PHONY: all build deps test fmt-check vet unit fuzz bench-smoke demo clean
+PREFIX     ?= /usr/local
+LIBEXECDIR ?= $(PREFIX)/libexec/smtpd
+MANDIR     ?= $(PREFIX)/share/man
+INSTALL    ?= install
+
+.PHONY: all build deps test fmt-check vet unit fuzz bench-smoke demo clean install uninstall man-lint
 
 all: build
 
@@ -53,3 +58,18 @@ demo: deps
 
 clean:
 	rm -rf bin/ filter-milter
+
+# The binary where OpenBSD's ports put third-party OpenSMTPD filters (never
+# into the directory the distribution's smtpd package owns), and the man
+# page. smtpd.conf names the binary by its absolute path.
+install:
+	$(GO) build -trimpath -o filter-milter ./cmd/filter-milter
+	$(INSTALL) -d -m 0755 $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(MANDIR)/man8
+	$(INSTALL) -m 0755 filter-milter $(DESTDIR)$(LIBEXECDIR)/filter-milter
+	$(INSTALL) -m 0644 docs/filter-milter.8 $(DESTDIR)$(MANDIR)/man8/filter-milter.8
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBEXECDIR)/filter-milter $(DESTDIR)$(MANDIR)/man8/filter-milter.8
+
+man-lint:
+	mandoc -T lint -W warning docs/filter-milter.8
