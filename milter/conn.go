@@ -198,13 +198,19 @@ func (c *conn) Close() error {
 func (c *conn) completeSymlists() error {
 	defaults := c.defaults
 	c.defaults = nil
-	hdr, err := c.r.Peek(5)
+	hdr, err := c.r.Peek(4)
 	if err != nil {
 		return err
 	}
 	n := binary.BigEndian.Uint32(hdr)
-	if hdr[4] != 'O' || n <= 13 || n > c.maxPacket {
-		return nil // no symlists, or not a negotiation reply: left to go-milter
+	if n <= 13 || n > c.maxPacket {
+		return nil // no symlists, or a bad length that Read refuses at once
+	}
+	if hdr, err = c.r.Peek(5); err != nil {
+		return err
+	}
+	if hdr[4] != 'O' {
+		return nil // not a negotiation reply: left to go-milter
 	}
 	pkt := make([]byte, 4+n)
 	if _, err := io.ReadFull(c.r, pkt); err != nil {

@@ -104,6 +104,11 @@ func (p *Pool) markDown(c *Client) {
 	defer p.mu.Unlock()
 	for _, ep := range p.eps {
 		if ep.client == c {
+			if time.Now().Before(ep.downUntil) {
+				// Already down: the other sessions that were in flight when
+				// it failed do not lengthen its backoff.
+				return
+			}
 			ep.backoff = min(max(ep.backoff*2, minBackoff), maxBackoff)
 			ep.downUntil = time.Now().Add(ep.backoff)
 			if len(p.eps) > 1 {

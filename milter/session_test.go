@@ -481,3 +481,27 @@ func TestSymlistForOneStageKeepsTheOthers(t *testing.T) {
 		t.Errorf("macro packets %q: the connect stage lost its default list", got)
 	}
 }
+
+func TestZeroLengthNegotiationReplyFailsAtOnce(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = readPacket(c)
+		_, _ = c.Write([]byte{0, 0, 0, 0})
+		time.Sleep(3 * time.Second)
+	}()
+	sp, _ := milter.ParseSpec("inet:" + ln.Addr().String())
+	start := time.Now()
+	_, err = milter.NewClient("z", sp, milter.DefaultOptions).Open(nil)
+	if !errors.Is(err, milter.ErrPacketTooLarge) || time.Since(start) > time.Second {
+		t.Errorf("Open = %v after %v; want ErrPacketTooLarge at once", err, time.Since(start))
+	}
+}
