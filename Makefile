@@ -19,7 +19,7 @@ LIBEXECDIR ?= $(PREFIX)/libexec/smtpd
 MANDIR     ?= $(PREFIX)/share/man
 INSTALL    ?= install
 
-.PHONY: all build deps test fmt-check vet unit fuzz bench-smoke demo clean install uninstall man-lint
+.PHONY: all build deps test fmt-check vet unit fuzz bench-smoke bench demo clean install uninstall man-lint
 
 all: build
 
@@ -52,6 +52,11 @@ fuzz:
 # figures come from `make bench`.
 bench-smoke:
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
+
+# End-to-end and pipe measurements against OpenSMTPD's native filters and
+# Postfix; writes docs/benchmarks.md (about 7 minutes).
+bench: deps
+	BENCH_OUT=$(CURDIR)/docs/benchmarks.md ./integration/bench.sh
 
 demo: deps
 	$(GO) run ./integration/cmd/demo
