@@ -43,3 +43,10 @@ func (q *queue) pop() any {
 		<-q.signal
 	}
 }
+
+// empty reports whether nothing is waiting.
+func (q *queue) empty() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.head == len(q.items)
+}

@@ -44,6 +44,7 @@ type session struct {
 	discard     bool
 	answered    bool // the request being handled has been answered
 
+	out        []byte       // lines for smtpd not yet handed to the writer
 	size       int          // bytes of the message's data lines, for the observer
 	chunk      []byte       // reused body chunk buffer
 	lastActive atomic.Int64 // when smtpd last sent something for the session (unix ns)
@@ -71,9 +72,30 @@ func (s *session) run() {
 	defer s.g.wg.Done()
 	defer s.g.sessionGone(s.id)
 	for {
-		if s.handle(s.q.pop()) {
+		done := s.handle(s.q.pop())
+		// Echoed data lines go out in batches: when nothing more is
+		// queued for the session, or enough has gathered.
+		if len(s.out) > 0 && (done || s.q.empty() || len(s.out) >= flushSize) {
+			s.flush()
+		}
+		if done {
 			return
 		}
+	}
+}
+
+const flushSize = 32 << 10
+
+// dataLineOut queues a data line for smtpd.
+func (s *session) dataLineOut(token string, line []byte) {
+	s.out = protocol.AppendDataLine(s.out, s.layout, s.id, token, line)
+}
+
+// flush hands the queued lines to the writer, which owns them from then on.
+func (s *session) flush() {
+	if len(s.out) > 0 {
+		s.g.out.send(s.out)
+		s.out = nil
 	}
 }
 
@@ -113,9 +135,8 @@ func (s *session) recoverFrom(ev any) bool {
 		if e.Phase == "data-line" {
 			if e.Param != "." && s.msg != nil && !s.passthrough && !s.echoEarly {
 				// Give back what was buffered; the rest is echoed as it comes.
-				out := make([]byte, 0, 64<<10)
-				s.msg.emitOriginal(func(line []byte) { out = protocol.AppendDataLine(out, s.layout, s.id, e.Token, line) })
-				s.g.out.send(out)
+				s.msg.emitOriginal(func(line []byte) { s.dataLineOut(e.Token, line) })
+				s.flush()
 				s.passthrough = true
 				s.commit = failure
 			}
@@ -195,6 +216,7 @@ func (s *session) send(r protocol.Request, a answer) {
 		line, _ = protocol.AppendResult(nil, s.layout, r.Session, r.Token, protocol.Reject, replyTempfail)
 	}
 	s.answered = true
+	s.flush() // lines before it go first
 	s.g.out.send(line)
 }
 
@@ -405,7 +427,7 @@ func (s *session) dataLine(r protocol.Request) {
 	}
 	s.size += len(r.Param) + 2 // as queued, with CRLF
 	if s.passthrough || s.failed || s.echoEarly {
-		s.g.out.send(protocol.AppendDataLine(nil, s.layout, s.id, r.Token, []byte(r.Param)))
+		s.dataLineOut(r.Token, []byte(r.Param))
 		if s.passthrough || s.failed {
 			return
 		}
@@ -424,12 +446,10 @@ func (s *session) finishData(token string, filter bool) {
 			s.markJunk()
 		}
 	}
-	out := make([]byte, 0, 64<<10)
 	put := func(line []byte) {
-		out = protocol.AppendDataLine(out, s.layout, s.id, token, line)
-		if len(out) >= 60<<10 {
-			s.g.out.send(out)
-			out = make([]byte, 0, 64<<10)
+		s.dataLineOut(token, line)
+		if len(s.out) >= flushSize {
+			s.flush()
 		}
 	}
 	switch {
@@ -449,7 +469,8 @@ func (s *session) finishData(token string, filter bool) {
 			s.commit = answer{protocol.Reject, replyTempfail}
 		}
 	}
-	s.g.out.send(protocol.AppendDataLine(out, s.layout, s.id, token, []byte{'.'}))
+	s.dataLineOut(token, []byte{'.'})
+	s.flush()
 	s.dropMessage()
 }
 
@@ -563,7 +584,8 @@ func (s *session) messageTo(sl *slot, m *milter.Session) (milter.Verdict, []milt
 		return v, nil, err
 	}
 	if s.chunk == nil {
-		s.chunk = make([]byte, 0, milter.MaxChunk+1024)
+		// Sized for this body; body() grows it to a full chunk at most.
+		s.chunk = make([]byte, 0, min(milter.MaxChunk+1024, int(s.msg.st.size())+2*s.msg.st.count()+16))
 	}
 	s.msg.body(s.chunk, func(chunk []byte) bool {
 		if m.SkipBody() {

@@ -18,18 +18,21 @@ type budget struct {
 // limit while the global budget allows, then in a temporary file. The file
 // is unlinked as soon as it is created, so it disappears when it is closed
 // or the process dies, whatever happens. Once the store spills, every later
-// line goes to the file: lines are never split between the two.
+// line goes to the file, where each line ends in '\n' (a data line never
+// contains one): the file part needs no index in memory, so a message of
+// any size costs a bounded amount of memory.
 type lineStore struct {
-	mem   []byte
-	ends  []int64 // end offset of each line in the whole message
-	limit int     // per-session memory threshold
-	b     *budget
-	dir   string
+	mem     []byte
+	memEnds []int32 // end of each in-memory line in mem
+	limit   int     // per-session memory threshold
+	b       *budget
+	dir     string
 
-	file     *os.File
-	w        *bufio.Writer
-	fileSize int64
-	scratch  []byte
+	file      *os.File
+	w         *bufio.Writer
+	fileLines int
+	dataSize  int64 // bytes of all lines, without line ends
+	scratch   []byte
 
 	// err is set when a spilled line could not be written or read back:
 	// the message is then incomplete and must not be delivered.
@@ -40,13 +43,14 @@ type lineStore struct {
 }
 
 func newLineStore(limit int, b *budget, dir string) *lineStore {
-	return &lineStore{mem: make([]byte, 0, min(limit, 4096)), ends: make([]int64, 0, 64), limit: limit, b: b, dir: dir}
+	return &lineStore{mem: make([]byte, 0, min(limit, 4096)), memEnds: make([]int32, 0, 64), limit: limit, b: b, dir: dir}
 }
 
 func (s *lineStore) add(line []byte) {
 	if s.err != nil {
 		return
 	}
+	s.dataSize += int64(len(line))
 	if s.file == nil && s.spillFailed == nil &&
 		(len(s.mem)+len(line) > s.limit || s.b.used.Load()+int64(len(line)) > s.b.max) {
 		f, err := os.CreateTemp(s.dir, "filter-milter-*.msg")
@@ -54,71 +58,49 @@ func (s *lineStore) add(line []byte) {
 			s.spillFailed = err
 		} else {
 			_ = os.Remove(f.Name())
-			s.file, s.w = f, bufio.NewWriterSize(f, 64<<10)
+			s.file, s.w = f, bufio.NewWriterSize(f, 32<<10)
 		}
 	}
 	if s.file == nil {
 		s.mem = append(s.mem, line...)
 		s.b.used.Add(int64(len(line)))
-		s.ends = append(s.ends, int64(len(s.mem)))
+		s.memEnds = append(s.memEnds, int32(len(s.mem)))
 		return
 	}
 	if _, err := s.w.Write(line); err != nil {
 		s.err = fmt.Errorf("writing the message to a temporary file: %w", err)
 		return
 	}
-	s.fileSize += int64(len(line))
-	s.ends = append(s.ends, int64(len(s.mem))+s.fileSize)
+	if err := s.w.WriteByte('\n'); err != nil {
+		s.err = fmt.Errorf("writing the message to a temporary file: %w", err)
+		return
+	}
+	s.fileLines++
 }
 
 // spilled reports whether part of the message is on disk.
 func (s *lineStore) spilled() bool { return s.file != nil }
 
-func (s *lineStore) count() int { return len(s.ends) }
+func (s *lineStore) count() int { return len(s.memEnds) + s.fileLines }
 
-func (s *lineStore) size() int64 {
-	if len(s.ends) == 0 {
-		return 0
-	}
-	return s.ends[len(s.ends)-1]
-}
+// size is the message's bytes, without line ends.
+func (s *lineStore) size() int64 { return s.dataSize }
 
-func (s *lineStore) bounds(i int) (start, end int64) {
-	if i > 0 {
-		start = s.ends[i-1]
-	}
-	return start, s.ends[i]
-}
-
-func (s *lineStore) inMemory(i int) bool {
-	_, end := s.bounds(i)
-	return end <= int64(len(s.mem))
-}
-
-// line returns line i. A line from the file is read into a scratch buffer
-// that the next call reuses; on a read error it is empty and err is set.
+// line returns line i. A line from the file is found by reading the file
+// from its start (only header lines are looked up this way, and only when
+// the header itself went to disk) into a scratch buffer that the next call
+// reuses; on a read error it is empty and err is set.
 func (s *lineStore) line(i int) []byte {
-	start, end := s.bounds(i)
-	if s.inMemory(i) {
-		return s.mem[start:end]
+	if i < len(s.memEnds) {
+		start := int32(0)
+		if i > 0 {
+			start = s.memEnds[i-1]
+		}
+		return s.mem[start:s.memEnds[i]]
 	}
-	if err := s.w.Flush(); err != nil {
-		s.fail(err)
-		return nil
-	}
-	buf := s.buffer(int(end - start))
-	if _, err := s.file.ReadAt(buf, start-int64(len(s.mem))); err != nil {
-		s.fail(err)
-		return nil
-	}
-	return buf
-}
-
-func (s *lineStore) buffer(n int) []byte {
-	if cap(s.scratch) < n {
-		s.scratch = make([]byte, n)
-	}
-	return s.scratch[:n]
+	var found []byte
+	s.eachInFile(i-len(s.memEnds), func(l []byte) bool { found = l; return false })
+	return found
 }
 
 func (s *lineStore) fail(err error) {
@@ -127,32 +109,46 @@ func (s *lineStore) fail(err error) {
 	}
 }
 
-// each calls fn with lines from, from+1, ... in order, reading the file
-// sequentially; it stops when fn returns false or on a read error.
+// each calls fn with lines from, from+1, ... in order; it stops when fn
+// returns false or on a read error.
 func (s *lineStore) each(from int, fn func(line []byte) bool) {
-	i := from
-	for ; i < len(s.ends) && s.inMemory(i); i++ {
+	for i := from; i < len(s.memEnds); i++ {
 		if !fn(s.line(i)) {
 			return
 		}
 	}
-	if i >= len(s.ends) || s.err != nil {
+	s.eachInFile(max(from-len(s.memEnds), 0), fn)
+}
+
+// eachInFile calls fn with the file's lines from the skip-th on.
+func (s *lineStore) eachInFile(skip int, fn func(line []byte) bool) {
+	if s.file == nil || s.err != nil || skip >= s.fileLines {
 		return
 	}
 	if err := s.w.Flush(); err != nil {
 		s.fail(err)
 		return
 	}
-	start, _ := s.bounds(i)
-	br := bufio.NewReaderSize(io.NewSectionReader(s.file, start-int64(len(s.mem)), s.fileSize), 64<<10)
-	for ; i < len(s.ends); i++ {
-		a, b := s.bounds(i)
-		buf := s.buffer(int(b - a))
-		if _, err := io.ReadFull(br, buf); err != nil {
+	br := bufio.NewReaderSize(io.NewSectionReader(s.file, 0, 1<<62), 32<<10)
+	for n := 0; n < s.fileLines; n++ {
+		l, err := br.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			// A line longer than the reader's buffer: gather it.
+			s.scratch = append(s.scratch[:0], l...)
+			for err == bufio.ErrBufferFull {
+				l, err = br.ReadSlice('\n')
+				s.scratch = append(s.scratch, l...)
+			}
+			l = s.scratch
+		}
+		if err != nil {
 			s.fail(err)
 			return
 		}
-		if !fn(buf) {
+		if n < skip {
+			continue
+		}
+		if !fn(l[:len(l)-1]) {
 			return
 		}
 	}

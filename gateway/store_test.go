@@ -4,6 +4,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/filter-milter/filter-milter/milter"
 )
 
 func openFDs(t *testing.T) int {
@@ -91,6 +93,31 @@ func TestSpillFailureKeepsTheMessage(t *testing.T) {
 	}
 	if got := emitted(m); strings.Join(got, "\n") != strings.Join(lines, "\n") || m.err() != nil {
 		t.Errorf("message kept in memory must come back whole: %q %v", got, m.err())
+	}
+	m.release()
+}
+
+// With the budget used up by other sessions, even the header goes to the
+// file: it is still parsed, filtered and written back byte for byte.
+func TestSpilledFromTheFirstLine(t *testing.T) {
+	b := &budget{max: 0}
+	m := newMessageIn(newLineStore(1<<20, b, t.TempDir()))
+	lines := append([]string{}, tricky...)
+	lines = append(lines, strings.Repeat("q", 100000), "end")
+	for _, l := range lines {
+		m.add([]byte(l))
+	}
+	m.parse()
+	if !m.st.spilled() || len(m.st.memEnds) != 0 {
+		t.Fatalf("spilled=%v, %d lines in memory", m.st.spilled(), len(m.st.memEnds))
+	}
+	if len(m.fields) != 6 || m.fields[0].name != "Received" {
+		t.Fatalf("header parsed from the file: %+v", m.fields)
+	}
+	m.apply([]milter.Modification{{Kind: milter.InsertHeader, Index: 0, Name: "X-Top", Value: " 1"}})
+	want := append([]string{"X-Top: 1"}, lines...)
+	if got := emitted(m); strings.Join(got, "\n") != strings.Join(want, "\n") || m.err() != nil {
+		t.Errorf("spilled message differs (err %v)", m.err())
 	}
 	m.release()
 }

@@ -67,8 +67,8 @@ func (c *conn) skipEmptyBody(on, reply bool) { c.swallowEmptyBody, c.fakeReply =
 
 func newConn(c net.Conn, timeout time.Duration, maxPacket uint32) *conn {
 	mc := &conn{Conn: c, maxPacket: maxPacket}
-	mc.r = bufio.NewReaderSize(readerFunc(mc.readRaw), 16<<10)
-	mc.w = bufio.NewWriterSize(c, 64<<10+16)
+	mc.r = bufio.NewReaderSize(readerFunc(mc.readRaw), 4<<10)
+	mc.w = bufio.NewWriterSize(c, 4<<10) // body chunks bigger than this go straight to the socket
 	mc.timeout.Store(int64(timeout))
 	if tc, ok := c.(*net.TCPConn); ok {
 		if raw, err := tc.SyscallConn(); err == nil {
