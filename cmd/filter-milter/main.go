@@ -24,6 +24,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -148,10 +149,26 @@ func runFilter(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 	}()
 
+	setMemoryLimit(cfg.MemoryBudget)
+
 	if err := gateway.New(cfg).Run(stdin, stdout); err != nil {
 		log.Error("stopping", zap.Error(err))
 		return exitFailure
 	}
 	log.Info("smtpd closed the filter pipe; exiting")
 	return exitOK
+}
+
+// setMemoryLimit gives the Go runtime a soft memory limit of four times
+// the message budget (at least 256 MiB), unless GOMEMLIMIT is set: without
+// one the heap grows to twice what is live before the collector runs, and
+// under many large messages most of what is live is garbage already.
+func setMemoryLimit(budget int64) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	if budget <= 0 {
+		budget = 64 << 20
+	}
+	debug.SetMemoryLimit(max(4*budget, 256<<20))
 }
