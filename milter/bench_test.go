@@ -16,14 +16,7 @@ package milter_test
 // whose own allocations, and its copy of everything it records, count too.
 
 import (
-	"bufio"
-	"encoding/binary"
-	"io"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/filter-milter/filter-milter/milter"
@@ -51,7 +44,7 @@ var benchBody = func() []byte {
 
 func benchServers(b *testing.B) []struct{ name, spec string } {
 	return []struct{ name, spec string }{
-		{"null", startNullMilter(b)},
+		{"null", miltertest.StartNull(b, 0)},
 		{"miltertest", miltertest.Start(b, miltertest.Script{}).Spec},
 	}
 }
@@ -151,112 +144,5 @@ func BenchmarkMessage(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 		})
-	}
-}
-
-// startNullMilter serves a null milter on a unix socket: version 6, no
-// actions, no protocol flags; continue to every command, accept at end of
-// message; one reused buffer per connection.
-func startNullMilter(b *testing.B) string {
-	b.Helper()
-	dir, err := os.MkdirTemp("", "fm-bench-")
-	if err != nil {
-		b.Fatal(err)
-	}
-	path := filepath.Join(dir, "null.sock")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		b.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]bool{}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				serveNullMilter(c)
-				mu.Lock()
-				delete(conns, c)
-				mu.Unlock()
-				_ = c.Close()
-			}()
-		}
-	}()
-	b.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		for c := range conns {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-		_ = os.RemoveAll(dir)
-	})
-	return "unix:" + path
-}
-
-type nullMilterBufs struct {
-	r   *bufio.Reader
-	w   *bufio.Writer
-	buf []byte
-}
-
-var nullMilterPool = sync.Pool{New: func() any {
-	return &nullMilterBufs{r: bufio.NewReaderSize(nil, 64<<10), w: bufio.NewWriterSize(nil, 4<<10), buf: make([]byte, 0, 64<<10)}
-}}
-
-func serveNullMilter(c net.Conn) {
-	bufs := nullMilterPool.Get().(*nullMilterBufs)
-	defer nullMilterPool.Put(bufs)
-	r, w := bufs.r, bufs.w
-	r.Reset(c)
-	w.Reset(c)
-	reply := [5]byte{0, 0, 0, 1, 'c'}
-	for {
-		var hdr [4]byte
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
-			return
-		}
-		n := binary.BigEndian.Uint32(hdr[:])
-		if n == 0 || n > 64<<20 {
-			return
-		}
-		if cap(bufs.buf) < int(n) {
-			bufs.buf = make([]byte, n)
-		}
-		buf := bufs.buf[:n]
-		if _, err := io.ReadFull(r, buf); err != nil {
-			return
-		}
-		switch buf[0] {
-		case 'O': // SMFIC_OPTNEG: version 6, no actions, no protocol flags
-			_, _ = w.Write([]byte{0, 0, 0, 13, 'O', 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0})
-		case 'D', 'A': // SMFIC_MACRO, SMFIC_ABORT: no reply
-		case 'Q': // SMFIC_QUIT
-			_ = w.Flush()
-			return
-		case 'E': // SMFIC_BODYEOB: accept
-			reply[4] = 'a'
-			_, _ = w.Write(reply[:])
-		default: // continue
-			reply[4] = 'c'
-			_, _ = w.Write(reply[:])
-		}
-		if r.Buffered() == 0 {
-			if err := w.Flush(); err != nil {
-				return
-			}
-		}
 	}
 }
