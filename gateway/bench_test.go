@@ -380,7 +380,7 @@ func benchMessageLines(size int) [][]byte {
 	return out
 }
 
-// Milter action flags (libmilter's SMFIF_*) for startBenchNullMilter.
+// Milter action flags (libmilter's SMFIF_*) for miltertest.StartNull.
 const (
 	benchNoActions = 0
 	benchAddHeader = 0x01 // SMFIF_ADDHDRS: the gateway must hold the lines until end of message
