@@ -22,6 +22,10 @@ type Observer interface {
 	Modifications(session, milter string, mods []milter.Modification)
 	// MessageDone is the answer to commit.
 	MessageDone(session, queueID, decision, reply string, size int)
+	// MessageBuffered is a message the gateway held for its milters, when
+	// its buffer is released: its size, and whether part of it went to a
+	// temporary file.
+	MessageBuffered(session string, bytes int64, spilled bool)
 }
 
 // NopObserver observes nothing.
@@ -33,3 +37,4 @@ func (NopObserver) MilterReply(string, string, string, milter.Verdict, time.Dura
 func (NopObserver) MilterError(string, string, string, error)                         {}
 func (NopObserver) Modifications(string, string, []milter.Modification)               {}
 func (NopObserver) MessageDone(string, string, string, string, int)                   {}
+func (NopObserver) MessageBuffered(string, int64, bool)                               {}

@@ -477,6 +477,9 @@ func (s *session) finishData(token string, filter bool) {
 // dropMessage frees the message buffer and its temporary file.
 func (s *session) dropMessage() {
 	if s.msg != nil {
+		if s.msg.st.count() > 0 {
+			s.g.cfg.Observer.MessageBuffered(s.id, s.msg.st.size(), s.msg.st.spilled())
+		}
 		s.msg.release()
 		s.msg = nil
 	}

@@ -51,6 +51,9 @@ type Observer struct {
 	latency       *prometheus.HistogramVec
 	errors        *prometheus.CounterVec
 	modifications *prometheus.CounterVec
+	buffered      prometheus.Counter
+	spilled       prometheus.Counter
+	spilledMsgs   prometheus.Counter
 }
 
 var _ gateway.Observer = (*Observer)(nil)
@@ -86,6 +89,16 @@ func New() *Observer {
 			Namespace: namespace, Name: "milter_modifications_total", Help: "Changes milters asked for at end of message, by milter and kind.",
 		}, []string{"milter", "kind"}),
 	}
+	o.buffered = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "buffered_bytes_total", Help: "Bytes of messages held for the milters (in memory or on disk).",
+	})
+	o.spilled = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "spilled_bytes_total", Help: "Bytes of the messages that went past the memory limits to a temporary file (whole messages counted).",
+	})
+	o.spilledMsgs = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "messages_spilled_total", Help: "Messages that went past the memory limits to a temporary file.",
+	})
+	o.reg.MustRegister(o.buffered, o.spilled, o.spilledMsgs)
 	o.reg.MustRegister(o.sessionsOpen, o.sessionsTotal, o.messages, o.messageBytes, o.replies, o.latency, o.errors, o.modifications,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return o
@@ -132,6 +145,15 @@ func (o *Observer) MessageDone(_, _, decision, reply string, size int) {
 	o.messages.WithLabelValues(Verdict(decision, reply)).Inc()
 	if size > 0 {
 		o.messageBytes.Add(float64(size))
+	}
+}
+
+// MessageBuffered implements gateway.Observer.
+func (o *Observer) MessageBuffered(_ string, bytes int64, spilled bool) {
+	o.buffered.Add(float64(bytes))
+	if spilled {
+		o.spilled.Add(float64(bytes))
+		o.spilledMsgs.Inc()
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -171,6 +172,24 @@ func TestVerdict(t *testing.T) {
 	} {
 		if got := Verdict(c[0], c[1]); got != c[2] {
 			t.Errorf("Verdict(%q, %q) = %q, want %q", c[0], c[1], got, c[2])
+		}
+	}
+}
+
+func TestBufferedAndSpilled(t *testing.T) {
+	o := New()
+	o.MessageBuffered("s1", 1000, false)
+	o.MessageBuffered("s2", 5000, true)
+	srv := httptest.NewServer(o.Handler())
+	defer srv.Close()
+	text := scrape(t, srv.URL)
+	for _, want := range []string{
+		"filter_milter_buffered_bytes_total 6000\n",
+		"filter_milter_spilled_bytes_total 5000\n",
+		"filter_milter_messages_spilled_total 1\n",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %q", want)
 		}
 	}
 }

@@ -385,6 +385,7 @@ func (r *recorder) Modifications(_, name string, mods []milter.Modification) {
 }
 
 func (r *recorder) MessageDone(string, string, string, string, int) {}
+func (r *recorder) MessageBuffered(string, int64, bool)             {}
 
 var _ gateway.Observer = (*recorder)(nil)
 
