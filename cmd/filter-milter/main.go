@@ -159,8 +159,8 @@ func runFilter(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-// setMemoryLimit gives the Go runtime a soft memory limit of four times
-// the message budget (at least 256 MiB), unless GOMEMLIMIT is set: without
+// setMemoryLimit gives the Go runtime a soft memory limit of three times
+// the message budget (at least 192 MiB), unless GOMEMLIMIT is set: without
 // one the heap grows to twice what is live before the collector runs, and
 // under many large messages most of what is live is garbage already.
 func setMemoryLimit(budget int64) {
@@ -170,5 +170,5 @@ func setMemoryLimit(budget int64) {
 	if budget <= 0 {
 		budget = 64 << 20
 	}
-	debug.SetMemoryLimit(max(4*budget, 256<<20))
+	debug.SetMemoryLimit(max(3*budget, 192<<20))
 }
