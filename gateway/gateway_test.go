@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -559,4 +560,36 @@ func TestEchoEarlyWhenNoMilterCanChange(t *testing.T) {
 	if got := string(srv.Seen()[0].Body); got != "body\r\n" {
 		t.Errorf("milter saw body %q", got)
 	}
+}
+
+type brokenWriter struct{}
+
+func (brokenWriter) Write([]byte) (int, error) { return 0, io.ErrClosedPipe }
+
+// When smtpd's end of stdout is gone, Run stops with an error (the
+// command exits non-zero with a log line) instead of serving blind.
+func TestBrokenStdoutStopsRun(t *testing.T) {
+	g := New(Config{Log: zaptest.NewLogger(t, zaptest.Level(zap.ErrorLevel))})
+	inR, inW := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- g.Run(inR, brokenWriter{}) }()
+	_, _ = io.WriteString(inW, "config|smtpd-version|6.8.0p2\nconfig|ready\n")
+	// Lines keep coming; Run notices the failed writes and stops.
+	go func() {
+		for i := 0; i < 1000; i++ {
+			if _, err := io.WriteString(inW, rep("link-greeting", "x")+"\n"); err != nil {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrStdout) {
+			t.Errorf("Run = %v, want ErrStdout", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run went on with a broken stdout")
+	}
+	_ = inW.Close()
 }
