@@ -77,8 +77,8 @@ type repliesRig struct {
 func startRepliesRig(t *testing.T, v harness.SMTPDVersion) *repliesRig {
 	start := time.Now()
 	env := harness.NewEnv(t)
-	m := harness.StartPyMilterArgs(t, env, "actions-milter", harness.ActionsMilter(t), "inet")
-	lm := harness.StartPyMilterArgs(t, env, "actions-milter-leadspc", harness.ActionsMilter(t), "inet", "--leadspc")
+	m := harness.StartPyMilter(t, env, "actions-milter", harness.ActionsMilter(t), "inet")
+	lm := harness.StartPyMilter(t, env, "actions-milter-leadspc", harness.ActionsMilter(t), "inet", "--leadspc")
 	s := harness.StartSMTPD(t, env, harness.SMTPDConfig{Binary: v.Binary, Listeners: []harness.Listener{
 		{Name: "milter", Filter: filterArgs(m.SpecHostPort())},
 		{Name: "policy", Filter: append(filterArgs(m.SpecHostPort()), policyArgs...)},

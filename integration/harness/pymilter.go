@@ -37,10 +37,10 @@ func ScriptedMilter(tb TB) string {
 // (python3 on PATH may be another interpreter that cannot import Milter),
 // listening on spec: "" or "inet" for a free port of 127.0.0.1, "unix" for a
 // socket in the test directory, or an explicit libmilter spec. The script
-// gets the spec as its only argument; its stderr goes to <name>.log. A unix
-// socket is made mode 0666 once it listens, so that filter-milter (user
-// opensmtpd) can connect.
-func StartPyMilter(tb TB, e *Env, name, script, spec string) *PyMilter {
+// gets the spec as its first argument, then extra; its stderr goes to
+// <name>.log. A unix socket is made mode 0666 once it listens, so that
+// filter-milter (user opensmtpd) can connect.
+func StartPyMilter(tb TB, e *Env, name, script, spec string, extra ...string) *PyMilter {
 	tb.Helper()
 	RequirePythonMilter(tb)
 	if _, err := os.Stat(script); err != nil {
@@ -61,7 +61,7 @@ func StartPyMilter(tb TB, e *Env, name, script, spec string) *PyMilter {
 		tb.Fatalf("harness: StartPyMilter: unsupported spec %q (want \"\", inet, unix or unix:/path)", spec)
 	}
 	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8", "PYTHONUNBUFFERED=1"}
-	m.Proc = e.Start(name, env, "/usr/bin/python3", script, m.Spec)
+	m.Proc = e.Start(name, env, append([]string{"/usr/bin/python3", script, m.Spec}, extra...)...)
 	m.Proc.StopGrace = 300 * time.Millisecond
 	if m.Path != "" {
 		WaitUnix(tb, m.Proc, m.Path, 10*time.Second)

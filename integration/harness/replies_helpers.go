@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,43 +18,6 @@ import (
 func ActionsMilter(tb TB) string {
 	tb.Helper()
 	return filepath.Join(RepoRoot(tb), "testdata", "milters", "actions_milter.py")
-}
-
-// StartPyMilterArgs is StartPyMilter with more arguments for the script
-// after the socket spec (the actions milter's --leadspc).
-func StartPyMilterArgs(tb TB, e *Env, name, script, spec string, extra ...string) *PyMilter {
-	tb.Helper()
-	if len(extra) == 0 {
-		return StartPyMilter(tb, e, name, script, spec)
-	}
-	RequirePythonMilter(tb)
-	if _, err := os.Stat(script); err != nil {
-		tb.Fatalf("harness: milter script: %v", err)
-	}
-	m := &PyMilter{}
-	switch {
-	case spec == "" || spec == "inet":
-		m.Port = FreePort(tb)
-		m.Spec = fmt.Sprintf("inet:%d@127.0.0.1", m.Port)
-	case spec == "unix":
-		m.Path = e.Mkdir(name+"-sock") + "/milter.sock"
-		m.Spec = "unix:" + m.Path
-	default:
-		tb.Fatalf("harness: StartPyMilterArgs: unsupported spec %q (want \"\", inet or unix)", spec)
-	}
-	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C.UTF-8", "PYTHONUNBUFFERED=1"}
-	argv := append([]string{"/usr/bin/python3", script, m.Spec}, extra...)
-	m.Proc = e.Start(name, env, argv...)
-	m.Proc.StopGrace = 300 * time.Millisecond
-	if m.Path != "" {
-		WaitUnix(tb, m.Proc, m.Path, 10*time.Second)
-		if err := os.Chmod(m.Path, 0o666); err != nil {
-			tb.Fatalf("harness: chmod %s: %v", m.Path, err)
-		}
-	} else {
-		WaitTCP(tb, m.Proc, m.Port, 10*time.Second)
-	}
-	return m
 }
 
 // ---------------------------------------------------------------------------
