@@ -52,6 +52,9 @@ type Gateway struct {
 
 	mu           sync.Mutex
 	sessions     map[string]*session
+	stopping     atomic.Bool // Shutdown was called
+	stopOnce     sync.Once
+	stopErr      error
 	idleTimeout  time.Duration // smtpd's smtp-session-timeout
 	budget       *budget       // memory of all buffered messages
 	wg           sync.WaitGroup
@@ -111,7 +114,9 @@ var ErrStdout = errors.New("cannot write to smtpd")
 // written. Run never returns because of bad input: a malformed line is
 // logged and skipped.
 func (g *Gateway) Run(in io.Reader, out io.Writer) error {
+	g.mu.Lock()
 	g.out = newWriter(out)
+	g.mu.Unlock()
 	rd := protocol.NewReader(in, 0)
 	if err := g.handshake(rd); err != nil {
 		return g.stop(err)
@@ -130,7 +135,7 @@ func (g *Gateway) Run(in io.Reader, out io.Writer) error {
 			}
 			return g.stop(err)
 		}
-		if g.out.failed() {
+		if g.out.failed() || g.stopping.Load() {
 			return g.stop(nil)
 		}
 		ev, err := protocol.Parse(line)
@@ -265,10 +270,26 @@ func (g *Gateway) sessionGone(id string) {
 // Sessions is the number of sessions still running, for tests and metrics.
 func (g *Gateway) Sessions() int { return int(g.live.Load()) }
 
+// Shutdown ends the gateway as smtpd closing the pipe does (for SIGTERM):
+// every session is ended, given ShutdownTimeout to finish, and the
+// answers flushed. A read of stdin that is blocked cannot be interrupted
+// (stdin is not pollable), so the caller exits rather than wait for Run.
+func (g *Gateway) Shutdown() error {
+	g.stopping.Store(true)
+	return g.stop(nil)
+}
+
 // stop ends every session, waits for them (at most ShutdownTimeout: a
-// session may be waiting on a slow milter) and flushes the answers.
+// session may be waiting on a slow milter) and flushes the answers. It
+// runs once; later calls return the first result.
 func (g *Gateway) stop(err error) error {
+	g.stopOnce.Do(func() { g.stopErr = g.stopSessions(err) })
+	return g.stopErr
+}
+
+func (g *Gateway) stopSessions(err error) error {
 	g.mu.Lock()
+	out := g.out
 	for id, s := range g.sessions {
 		s.q.push(shutdown{})
 		delete(g.sessions, id)
@@ -282,7 +303,10 @@ func (g *Gateway) stop(err error) error {
 		g.log.Warn("sessions still busy at shutdown; leaving them", zap.Int("sessions", g.Sessions()),
 			zap.Duration("shutdown_timeout", g.cfg.ShutdownTimeout))
 	}
-	werr := g.out.close()
+	var werr error
+	if out != nil {
+		werr = out.close()
+	}
 	if err != nil {
 		return err
 	}

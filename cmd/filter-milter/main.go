@@ -141,21 +141,25 @@ func runFilter(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	// its filter exits, so only a stopping smtpd should send it.)
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
-	go func() {
-		sig := <-term
-		log.Info("signal received; finishing the sessions in flight", zap.Stringer("signal", sig))
-		if c, ok := stdin.(io.Closer); ok {
-			_ = c.Close()
-		}
-	}()
 
 	setMemoryLimit(cfg.MemoryBudget)
 
-	if err := gateway.New(cfg).Run(stdin, stdout); err != nil {
+	g := gateway.New(cfg)
+	ran := make(chan error, 1)
+	go func() { ran <- g.Run(stdin, stdout) }()
+	select {
+	case err = <-ran:
+		if err == nil {
+			log.Info("smtpd closed the filter pipe; exiting")
+		}
+	case sig := <-term:
+		log.Info("signal received; finishing the sessions in flight", zap.Stringer("signal", sig))
+		err = g.Shutdown()
+	}
+	if err != nil {
 		log.Error("stopping", zap.Error(err))
 		return exitFailure
 	}
-	log.Info("smtpd closed the filter pipe; exiting")
 	return exitOK
 }
 
