@@ -127,19 +127,7 @@ func e2eStats(runs []e2eRun) map[string]map[int]*e2eStat {
 	return out
 }
 
-type lgSummary struct {
-	Sessions    int                 `json:"sessions"`
-	Messages    int                 `json:"messages_per_session"`
-	Size        int                 `json:"size"`
-	Concurrency int                 `json:"concurrency"`
-	Milters     []string            `json:"milters"`
-	InProcess   bool                `json:"inprocess"`
-	Runs        []result            `json:"runs"`
-	Median      map[string]result   `json:"median"`
-	Ratio       *map[string]float64 `json:"ratio_filter_to_floor"`
-}
-
-func readLG(dir, name string) (*lgSummary, string) {
+func readLG(dir, name string) (*summary, string) {
 	b, err := os.ReadFile(filepath.Join(dir, "lg-"+name+".json"))
 	if err != nil {
 		txt, _ := os.ReadFile(filepath.Join(dir, "lg-"+name+".txt"))
@@ -149,7 +137,7 @@ func readLG(dir, name string) (*lgSummary, string) {
 		}
 		return nil, why
 	}
-	var s lgSummary
+	var s summary
 	if err := json.Unmarshal(b, &s); err != nil {
 		return nil, err.Error()
 	}
