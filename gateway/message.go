@@ -44,7 +44,7 @@ func newMessage() *message { return newMessageIn(newLineStore(1<<30, &budget{max
 func newMessageIn(st *lineStore) *message { return &message{st: st} }
 
 // add appends one data line as received.
-func (m *message) add(line []byte) { m.st.add(line) }
+func (m *message) add(line string) { m.st.add(line) }
 
 func (m *message) line(i int) []byte { return m.st.line(i) }
 

@@ -11,7 +11,7 @@ import (
 func msgOf(lines ...string) *message {
 	m := newMessage()
 	for _, l := range lines {
-		m.add([]byte(l))
+		m.add(l)
 	}
 	m.parse()
 	return m

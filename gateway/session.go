@@ -432,7 +432,7 @@ func (s *session) dataLine(r protocol.Request) {
 			return
 		}
 	}
-	s.msg.add([]byte(r.Param))
+	s.msg.add(r.Param)
 }
 
 // finishData runs the message through the milters when filter is set,

@@ -46,7 +46,8 @@ func newLineStore(limit int, b *budget, dir string) *lineStore {
 	return &lineStore{mem: make([]byte, 0, min(limit, 4096)), memEnds: make([]int32, 0, 64), limit: limit, b: b, dir: dir}
 }
 
-func (s *lineStore) add(line []byte) {
+// add takes the line as the parser made it: a string, copied once, here.
+func (s *lineStore) add(line string) {
 	if s.err != nil {
 		return
 	}
@@ -67,7 +68,7 @@ func (s *lineStore) add(line []byte) {
 		s.memEnds = append(s.memEnds, int32(len(s.mem)))
 		return
 	}
-	if _, err := s.w.Write(line); err != nil {
+	if _, err := s.w.WriteString(line); err != nil {
 		s.err = fmt.Errorf("writing the message to a temporary file: %w", err)
 		return
 	}

@@ -29,7 +29,7 @@ func TestSpilledMessage(t *testing.T) {
 	}
 	m := newMessageIn(newLineStore(4096, b, dir))
 	for _, l := range lines {
-		m.add([]byte(l))
+		m.add(l)
 	}
 	m.parse()
 	if !m.st.spilled() {
@@ -72,7 +72,7 @@ func TestBudgetSpills(t *testing.T) {
 	b := &budget{max: 100}
 	m := newMessageIn(newLineStore(1<<20, b, t.TempDir()))
 	for i := 0; i < 10; i++ {
-		m.add([]byte(strings.Repeat("x", 30)))
+		m.add(strings.Repeat("x", 30))
 	}
 	if !m.st.spilled() || b.used.Load() > 100 {
 		t.Errorf("spilled=%v used=%d", m.st.spilled(), b.used.Load())
@@ -85,7 +85,7 @@ func TestSpillFailureKeepsTheMessage(t *testing.T) {
 	m := newMessageIn(newLineStore(10, b, "/nonexistent/dir"))
 	lines := []string{"Subject: s", "", strings.Repeat("z", 100)}
 	for _, l := range lines {
-		m.add([]byte(l))
+		m.add(l)
 	}
 	m.parse()
 	if m.st.spilled() || m.st.spillFailed == nil {
@@ -105,7 +105,7 @@ func TestSpilledFromTheFirstLine(t *testing.T) {
 	lines := append([]string{}, tricky...)
 	lines = append(lines, strings.Repeat("q", 100000), "end")
 	for _, l := range lines {
-		m.add([]byte(l))
+		m.add(l)
 	}
 	m.parse()
 	if !m.st.spilled() || len(m.st.memEnds) != 0 {
