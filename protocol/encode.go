@@ -144,8 +144,9 @@ func quoteParam(s string) string {
 // line is written as is, still dot-stuffed as smtpd sent it: smtpd strips
 // one leading '.' from every line it gets back and takes a line of just
 // "." as the end of the message. line must not contain '\n', which would
-// end the protocol line early; lines from Reader never do.
-func AppendDataLine(dst []byte, l compat.Layout, session, token string, line []byte) []byte {
+// end the protocol line early; lines from Reader never do. It takes the
+// line as a string (as parsed) or as bytes (as buffered) without a copy.
+func AppendDataLine[L string | []byte](dst []byte, l compat.Layout, session, token string, line L) []byte {
 	dst = append(dst, "filter-dataline|"...)
 	dst = appendIDs(dst, l, session, token)
 	dst = append(dst, line...)

@@ -88,59 +88,115 @@ func newParseError[T string | []byte](line T, reason string) *ParseError {
 // A malformed or unknown line gives a *ParseError naming the line. The
 // fields of the returned value share one copy of the line.
 func Parse(line []byte) (Event, error) {
+	var l Line
+	if err := ParseLine(string(line), &l); err != nil {
+		return nil, err
+	}
+	switch l.Kind {
+	case KindConfig:
+		return l.Config, nil
+	case KindReport:
+		return l.Report, nil
+	}
+	return l.Request, nil
+}
+
+// Kind says which of a Line's values is set.
+type Kind uint8
+
+// The kinds of line smtpd sends.
+const (
+	KindConfig Kind = iota + 1
+	KindReport
+	KindRequest
+)
+
+// Line is a parsed line held by value: the reader of smtpd's pipe parses
+// every line into one, so it neither allocates nor boxes per line as an
+// Event would.
+type Line struct {
+	Kind    Kind
+	Config  Config
+	Report  Report
+	Request Request
+}
+
+// ParseLine is Parse for a line that is already a string: l's fields are
+// substrings of line, so nothing is copied or allocated. The caller
+// chooses how line was made (see Arena for data lines).
+func ParseLine(line string, l *Line) error {
 	switch {
-	case bytes.HasPrefix(line, []byte("filter|")):
-		return parseRequest(line)
-	case bytes.HasPrefix(line, []byte("report|")):
-		return parseReport(line)
-	case bytes.HasPrefix(line, []byte("config|")):
-		return parseConfig(line)
+	case strings.HasPrefix(line, "filter|"):
+		l.Kind = KindRequest
+		return parseRequest(line, &l.Request)
+	case strings.HasPrefix(line, "report|"):
+		l.Kind = KindReport
+		return parseReport(line, &l.Report)
+	case strings.HasPrefix(line, "config|"):
+		l.Kind = KindConfig
+		return parseConfig(line, &l.Config)
 	case len(line) == 0:
-		return nil, newParseError(line, "empty line")
+		return newParseError(line, "empty line")
 	}
-	return nil, newParseError(line, "not a config, report or filter line")
+	return newParseError(line, "not a config, report or filter line")
 }
 
-func parseConfig(line []byte) (Event, error) {
-	key, value, _ := strings.Cut(string(line[len("config|"):]), "|")
+// IsDataLine reports whether line is a data-line filter request, from its
+// phase field alone; the line is not validated.
+func IsDataLine(line []byte) bool {
+	if !bytes.HasPrefix(line, []byte("filter|")) {
+		return false
+	}
+	rest := line[len("filter|"):]
+	for range 3 { // version, timestamp, subsystem
+		i := bytes.IndexByte(rest, '|')
+		if i < 0 {
+			return false
+		}
+		rest = rest[i+1:]
+	}
+	return bytes.HasPrefix(rest, []byte("data-line|"))
+}
+
+func parseConfig(line string, c *Config) error {
+	key, value, _ := strings.Cut(line[len("config|"):], "|")
 	if key == "" {
-		return nil, newParseError(line, "empty config key")
+		return newParseError(line, "empty config key")
 	}
-	return Config{Key: key, Value: value}, nil
+	*c = Config{Key: key, Value: value}
+	return nil
 }
 
-func parseReport(line []byte) (Event, error) {
-	// One string for all fields: a conversion per field would cost an
-	// allocation each.
-	s := string(line[len("report|"):])
+func parseReport(line string, r *Report) error {
 	var f [4]string // version, timestamp, subsystem, event
-	rest, ok := cutFields(s, f[:])
+	rest, ok := cutFields(line[len("report|"):], f[:])
 	if !ok {
-		return nil, newParseError(line, "want report|version|timestamp|subsystem|event|session[|params]")
+		return newParseError(line, "want report|version|timestamp|subsystem|event|session[|params]")
 	}
 	session, params, _ := strings.Cut(rest, "|")
 	v, reason := checkHeader(f[:], session)
 	if reason != "" {
-		return nil, newParseError(line, reason)
+		return newParseError(line, reason)
 	}
-	return Report{Version: v, Timestamp: f[1], Subsystem: f[2], Event: f[3], Session: session, Params: params}, nil
+	*r = Report{Version: v, Timestamp: f[1], Subsystem: f[2], Event: f[3], Session: session, Params: params}
+	return nil
 }
 
-func parseRequest(line []byte) (Event, error) {
-	s := string(line[len("filter|"):])
+func parseRequest(line string, r *Request) error {
 	var f [6]string // version, timestamp, subsystem, phase, session, token
-	param, ok := cutFields(s, f[:])
+	param, ok := cutFields(line[len("filter|"):], f[:])
 	if !ok {
-		return nil, newParseError(line, "want filter|version|timestamp|subsystem|phase|session|token|parameter")
+		return newParseError(line, "want filter|version|timestamp|subsystem|phase|session|token|parameter")
 	}
 	v, reason := checkHeader(f[:4], f[4])
 	if reason == "" && !isHex(f[5]) {
 		reason = "token is not hex"
 	}
 	if reason != "" {
-		return nil, newParseError(line, reason)
+		return newParseError(line, reason)
 	}
-	return Request{Version: v, Timestamp: f[1], Subsystem: f[2], Phase: f[3], Session: f[4], Token: f[5], Param: param}, nil
+	*r = Request{Version: v, Timestamp: f[1], Subsystem: f[2], Phase: f[3], Session: f[4], Token: f[5], Param: param}
+	return nil
 }
 
 // cutFields cuts len(f) '|'-terminated fields off the front of s and
