@@ -64,6 +64,11 @@ type Gateway struct {
 	protocolVer  compat.Version
 
 	unknownOnce sync.Map // phases and events logged once
+
+	// Owned by Run's goroutine: sessions with lines queued but not yet
+	// woken (see wakingReader).
+	toWake []*session
+	now    atomic.Int64 // when stdin was last read (unix ns): the sessions' activity clock
 }
 
 // New prepares a gateway.
@@ -93,8 +98,10 @@ func New(cfg Config) *Gateway {
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = 30 * time.Second
 	}
-	return &Gateway{cfg: cfg, log: cfg.Log, sessions: make(map[string]*session), idleTimeout: 300 * time.Second,
+	g := &Gateway{cfg: cfg, log: cfg.Log, sessions: make(map[string]*session), idleTimeout: 300 * time.Second,
 		budget: &budget{max: cfg.MemoryBudget}}
+	g.now.Store(time.Now().UnixNano())
+	return g
 }
 
 // Subscriptions are the reports and filter phases the gateway registers:
@@ -117,14 +124,15 @@ func (g *Gateway) Run(in io.Reader, out io.Writer) error {
 	g.mu.Lock()
 	g.out = newWriter(out)
 	g.mu.Unlock()
-	rd := protocol.NewReader(in, 0)
+	rd := protocol.NewReader(&wakingReader{r: in, g: g}, 0)
 	if err := g.handshake(rd); err != nil {
 		return g.stop(err)
 	}
 	stopReaper := g.startReaper()
 	defer stopReaper()
+	var arena protocol.Arena
 	for {
-		line, err := rd.ReadLine()
+		raw, err := rd.ReadLine()
 		if err != nil {
 			if errors.Is(err, protocol.ErrLineTooLong) {
 				g.log.Error("ignoring a line over the length limit", zap.Error(err))
@@ -138,20 +146,60 @@ func (g *Gateway) Run(in io.Reader, out io.Writer) error {
 		if g.out.failed() || g.stopping.Load() {
 			return g.stop(nil)
 		}
-		ev, err := protocol.Parse(line)
-		if err != nil {
+		// Data lines are most lines and live only until the session has
+		// echoed or buffered them: they share the arena's blocks. Other
+		// lines feed macros and state a session keeps, so each gets its
+		// own copy and pins nothing else.
+		var line string
+		if protocol.IsDataLine(raw) {
+			line = arena.String(raw)
+		} else {
+			line = string(raw)
+		}
+		var l protocol.Line
+		if err := protocol.ParseLine(line, &l); err != nil {
 			g.log.Error("ignoring malformed line from smtpd", zap.Error(err))
 			continue
 		}
-		switch e := ev.(type) {
-		case protocol.Report:
-			g.dispatch(e.Session, e, e.Event == "link-disconnect")
-		case protocol.Request:
-			g.dispatch(e.Session, e, false)
-		case protocol.Config:
+		switch l.Kind {
+		case protocol.KindReport:
+			g.dispatch(l.Report.Session, &l, l.Report.Event == "link-disconnect")
+		case protocol.KindRequest:
+			g.dispatch(l.Request.Session, &l, false)
+		case protocol.KindConfig:
 			// Configuration after the handshake carries nothing we use.
 		}
 	}
+}
+
+// wakingReader is the gateway's stdin. Lines are queued to sessions
+// without waking them; just before each read of stdin, which may block,
+// every session that got lines since the last read is woken once. Under
+// load a read brings many lines for a session, and the session handles
+// them in one go (and writes its answers in one batch) instead of being
+// woken for each. It also keeps the gateway's clock: the time of the
+// last read, which is when smtpd last sent anything.
+type wakingReader struct {
+	r io.Reader
+	g *Gateway
+}
+
+func (w *wakingReader) Read(p []byte) (int, error) {
+	w.g.wakeQueued()
+	n, err := w.r.Read(p)
+	w.g.now.Store(time.Now().UnixNano())
+	return n, err
+}
+
+// wakeQueued wakes the sessions that got lines since it last ran. Only
+// Run's goroutine calls it.
+func (g *Gateway) wakeQueued() {
+	for i, s := range g.toWake {
+		s.queued = false
+		s.q.wake()
+		g.toWake[i] = nil
+	}
+	g.toWake = g.toWake[:0]
 }
 
 // handshake reads smtpd's configuration and registers.
@@ -210,7 +258,10 @@ func (g *Gateway) register() {
 	g.out.send(protocol.AppendRegisterReady(b))
 }
 
-func (g *Gateway) dispatch(id string, ev any, last bool) {
+// dispatch queues a line for its session, starting the session on its
+// first line. Only Run's goroutine calls it; the session is woken at the
+// next read of stdin (wakeQueued).
+func (g *Gateway) dispatch(id string, l *protocol.Line, last bool) {
 	g.mu.Lock()
 	s := g.sessions[id]
 	if s == nil {
@@ -223,8 +274,18 @@ func (g *Gateway) dispatch(id string, ev any, last bool) {
 		delete(g.sessions, id)
 	}
 	g.mu.Unlock()
-	s.lastActive.Store(time.Now().UnixNano())
-	s.q.push(ev)
+	s.lastActive.Store(g.now.Load())
+	if l.Kind == protocol.KindRequest && l.Request.Phase == "data-line" {
+		r := &l.Request
+		s.q.add(item{version: r.Version, token: r.Token, param: r.Param})
+	} else {
+		lc := *l
+		s.q.add(item{line: &lc})
+	}
+	if !s.queued {
+		s.queued = true
+		g.toWake = append(g.toWake, s)
+	}
 }
 
 // startReaper frees sessions smtpd has sent nothing for during its own
@@ -256,7 +317,7 @@ func (g *Gateway) reap(now time.Time) {
 		if now.Sub(time.Unix(0, s.lastActive.Load())) > g.idleTimeout {
 			s.log.Warn("freeing a session smtpd has been silent about for longer than its session timeout",
 				zap.Duration("smtp_session_timeout", g.idleTimeout))
-			s.q.push(shutdown{})
+			s.q.push(shutdown)
 			delete(g.sessions, id)
 		}
 	}
@@ -291,7 +352,7 @@ func (g *Gateway) stopSessions(err error) error {
 	g.mu.Lock()
 	out := g.out
 	for id, s := range g.sessions {
-		s.q.push(shutdown{})
+		s.q.push(shutdown)
 		delete(g.sessions, id)
 	}
 	g.mu.Unlock()

@@ -1,43 +1,116 @@
 package gateway
 
-import "sync"
+import (
+	"sync"
+
+	"github.com/filter-milter/filter-milter/compat"
+	"github.com/filter-milter/filter-milter/protocol"
+)
+
+// item is one entry of a session's inbox. Data lines are most of what a
+// session gets and are held in place, in a few words; any other line is
+// held through a pointer to its parsed form.
+type item struct {
+	line *protocol.Line // nil for a data line
+
+	// A data line.
+	version compat.Version
+	token   string
+	param   string
+}
+
+// shutdown is the item that tells a session smtpd is gone (stdin closed)
+// or that the session is to be freed: a line of no kind.
+var shutdown = item{line: &protocol.Line{}}
+
+// lineFor is the item as the parsed line it came from.
+func (it *item) lineFor(session string) protocol.Line {
+	if it.line != nil {
+		return *it.line
+	}
+	return protocol.Line{Kind: protocol.KindRequest, Request: protocol.Request{
+		Version: it.version, Subsystem: "smtp-in", Phase: "data-line", Session: session, Token: it.token, Param: it.param}}
+}
 
 // queue is a session's inbox: unbounded, so that the single reader of
 // stdin never waits for a session that is busy with a slow milter (which
 // would stall every other session), and FIFO, so that a session sees its
-// reports and requests in the order smtpd sent them.
+// reports and requests in the order smtpd sent them. It is a list of
+// fixed blocks, recycled: a backlog costs no copying as it grows, and an
+// idle session holds at most one block.
 type queue struct {
-	mu     sync.Mutex
-	items  []any
-	head   int
-	signal chan struct{}
+	mu         sync.Mutex
+	head, tail *itemBlock
+	headPos    int // next item to pop in head
+	signal     chan struct{}
 }
+
+const blockItems = 64
+
+type itemBlock struct {
+	items [blockItems]item
+	n     int
+	next  *itemBlock
+}
+
+var blockPool = sync.Pool{New: func() any { return new(itemBlock) }}
 
 func newQueue() *queue { return &queue{signal: make(chan struct{}, 1)} }
 
-func (q *queue) push(v any) {
+// add queues it without waking the session: the reader of stdin adds the
+// lines of a whole read and wakes each session once (wake), rather than
+// once per line.
+func (q *queue) add(it item) {
 	q.mu.Lock()
-	q.items = append(q.items, v)
+	if q.tail == nil || q.tail.n == blockItems {
+		b := blockPool.Get().(*itemBlock)
+		if q.tail == nil {
+			q.head = b
+		} else {
+			q.tail.next = b
+		}
+		q.tail = b
+	}
+	q.tail.items[q.tail.n] = it
+	q.tail.n++
 	q.mu.Unlock()
+}
+
+// wake tells the session that items are waiting.
+func (q *queue) wake() {
 	select {
 	case q.signal <- struct{}{}:
 	default:
 	}
 }
 
+// push queues it and wakes the session.
+func (q *queue) push(it item) {
+	q.add(it)
+	q.wake()
+}
+
 // pop waits for the next item.
-func (q *queue) pop() any {
+func (q *queue) pop() item {
 	for {
 		q.mu.Lock()
-		if q.head < len(q.items) {
-			v := q.items[q.head]
-			q.items[q.head] = nil
-			q.head++
-			if q.head == len(q.items) {
-				q.items, q.head = q.items[:0], 0
+		if h := q.head; h != nil && q.headPos < h.n {
+			it := h.items[q.headPos]
+			h.items[q.headPos] = item{} // drop the strings it holds
+			q.headPos++
+			if q.headPos == h.n {
+				// The block is used up: the next one, or this one again.
+				q.headPos = 0
+				if h.next != nil {
+					q.head = h.next
+					h.n, h.next = 0, nil
+					blockPool.Put(h)
+				} else {
+					h.n = 0
+				}
 			}
 			q.mu.Unlock()
-			return v
+			return it
 		}
 		q.mu.Unlock()
 		<-q.signal
@@ -48,5 +121,5 @@ func (q *queue) pop() any {
 func (q *queue) empty() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.head == len(q.items)
+	return q.head == nil || q.headPos == q.head.n
 }
