@@ -48,6 +48,7 @@ type session struct {
 	size       int          // bytes of the message's data lines, for the observer
 	chunk      []byte       // reused body chunk buffer
 	lastActive atomic.Int64 // when smtpd last sent something for the session (unix ns)
+	queued     bool         // owned by the gateway's reader: lines queued, session not yet woken
 }
 
 func (g *Gateway) newSession(id string) *session {
@@ -65,14 +66,13 @@ func (g *Gateway) newSession(id string) *session {
 	return s
 }
 
-// shutdown tells a session that smtpd is gone (stdin closed).
-type shutdown struct{}
-
 func (s *session) run() {
 	defer s.g.wg.Done()
 	defer s.g.sessionGone(s.id)
 	for {
-		done := s.handle(s.q.pop())
+		it := s.q.pop()
+		l := it.lineFor(s.id)
+		done := s.handle(&l)
 		// Echoed data lines go out in batches: when nothing more is
 		// queued for the session, or enough has gathered.
 		if len(s.out) > 0 && (done || s.q.empty() || len(s.out) >= flushSize) {
@@ -87,14 +87,15 @@ func (s *session) run() {
 const flushSize = 32 << 10
 
 // dataLineOut queues a data line for smtpd.
-func (s *session) dataLineOut(token string, line []byte) {
+func dataLineOut[L string | []byte](s *session, token string, line L) {
+	s.out = growBuf(s.out, len(line)+len(s.id)+len(token)+len("filter-dataline|||\n"))
 	s.out = protocol.AppendDataLine(s.out, s.layout, s.id, token, line)
 }
 
 // flush hands the queued lines to the writer, which owns them from then on.
 func (s *session) flush() {
 	if len(s.out) > 0 {
-		s.g.out.send(s.out)
+		s.g.out.send(s.out) // the writer recycles the buffer (putBuf)
 		s.out = nil
 	}
 }
@@ -102,20 +103,20 @@ func (s *session) flush() {
 // handle processes one event and reports whether the session is over. A
 // panic anywhere below is contained here: the session answers with the
 // default action and every other session goes on.
-func (s *session) handle(ev any) (done bool) {
+func (s *session) handle(l *protocol.Line) (done bool) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("internal error; session gets the default action",
 				zap.Any("panic", r), zap.Stack("stack"))
-			done = s.recoverFrom(ev)
+			done = s.recoverFrom(l)
 		}
 	}()
-	switch e := ev.(type) {
-	case protocol.Request:
-		s.request(e)
-	case protocol.Report:
-		return s.report(e)
-	case shutdown:
+	switch l.Kind {
+	case protocol.KindRequest:
+		s.request(l.Request)
+	case protocol.KindReport:
+		return s.report(l.Report)
+	default: // shutdown
 		s.closeMilters()
 		s.dropMessage()
 		return true
@@ -123,19 +124,20 @@ func (s *session) handle(ev any) (done bool) {
 	return false
 }
 
-func (s *session) recoverFrom(ev any) bool {
+func (s *session) recoverFrom(l *protocol.Line) bool {
 	s.failed = true
 	s.closeMilters()
 	failure := s.g.cfg.DefaultAction.failure()
 	if failure.decision != protocol.Proceed {
 		s.sticky = &failure
 	}
-	switch e := ev.(type) {
-	case protocol.Request:
+	switch l.Kind {
+	case protocol.KindRequest:
+		e := l.Request
 		if e.Phase == "data-line" {
 			if e.Param != "." && s.msg != nil && !s.passthrough && !s.echoEarly {
 				// Give back what was buffered; the rest is echoed as it comes.
-				s.msg.emitOriginal(func(line []byte) { s.dataLineOut(e.Token, line) })
+				s.msg.emitOriginal(func(line []byte) { dataLineOut(s, e.Token, line) })
 				s.flush()
 				s.passthrough = true
 				s.commit = failure
@@ -151,9 +153,9 @@ func (s *session) recoverFrom(ev any) bool {
 		if !s.answered {
 			s.send(e, failure)
 		}
-	case protocol.Report:
-		return e.Event == "link-disconnect"
-	case shutdown:
+	case protocol.KindReport:
+		return l.Report.Event == "link-disconnect"
+	default: // shutdown
 		return true
 	}
 	return false
@@ -207,17 +209,19 @@ func (s *session) request(r protocol.Request) {
 }
 
 // send answers a filter request.
+// The answer goes out at once, after the lines queued before it.
 func (s *session) send(r protocol.Request, a answer) {
-	line, err := protocol.AppendResult(nil, s.layout, r.Session, r.Token, a.decision, a.reply)
+	s.out = growBuf(s.out, 64+len(r.Session)+len(r.Token)+len(a.reply))
+	var err error
+	s.out, err = protocol.AppendResult(s.out, s.layout, r.Session, r.Token, a.decision, a.reply)
 	if err != nil {
 		// Only a reply that passed every check could get here; smtpd
 		// would die on a bad line, so answer with the gateway's own.
 		s.log.Error("cannot encode answer; using the default reply", zap.Error(err))
-		line, _ = protocol.AppendResult(nil, s.layout, r.Session, r.Token, protocol.Reject, replyTempfail)
+		s.out, _ = protocol.AppendResult(s.out, s.layout, r.Session, r.Token, protocol.Reject, replyTempfail)
 	}
 	s.answered = true
-	s.flush() // lines before it go first
-	s.g.out.send(line)
+	s.flush()
 }
 
 // each sends one SMTP stage to every milter still in the session, in
@@ -427,7 +431,7 @@ func (s *session) dataLine(r protocol.Request) {
 	}
 	s.size += len(r.Param) + 2 // as queued, with CRLF
 	if s.passthrough || s.failed || s.echoEarly {
-		s.dataLineOut(r.Token, []byte(r.Param))
+		dataLineOut(s, r.Token, r.Param)
 		if s.passthrough || s.failed {
 			return
 		}
@@ -447,7 +451,7 @@ func (s *session) finishData(token string, filter bool) {
 		}
 	}
 	put := func(line []byte) {
-		s.dataLineOut(token, line)
+		dataLineOut(s, token, line)
 		if len(s.out) >= flushSize {
 			s.flush()
 		}
@@ -469,7 +473,7 @@ func (s *session) finishData(token string, filter bool) {
 			s.commit = answer{protocol.Reject, replyTempfail}
 		}
 	}
-	s.dataLineOut(token, []byte{'.'})
+	dataLineOut(s, token, ".")
 	s.flush()
 	s.dropMessage()
 }

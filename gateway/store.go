@@ -43,7 +43,7 @@ type lineStore struct {
 }
 
 func newLineStore(limit int, b *budget, dir string) *lineStore {
-	return &lineStore{mem: make([]byte, 0, min(limit, 4096)), memEnds: make([]int32, 0, 64), limit: limit, b: b, dir: dir}
+	return &lineStore{memEnds: make([]int32, 0, 64), limit: limit, b: b, dir: dir}
 }
 
 // add takes the line as the parser made it: a string, copied once, here.
@@ -63,6 +63,7 @@ func (s *lineStore) add(line string) {
 		}
 	}
 	if s.file == nil {
+		s.mem = growBuf(s.mem, len(line)) // recycled buffers: see bufpool.go
 		s.mem = append(s.mem, line...)
 		s.b.used.Add(int64(len(line)))
 		s.memEnds = append(s.memEnds, int32(len(s.mem)))
@@ -158,6 +159,7 @@ func (s *lineStore) eachInFile(skip int, fn func(line []byte) bool) {
 // release frees the memory and removes the file. It is safe to call twice.
 func (s *lineStore) release() {
 	s.b.used.Add(-int64(len(s.mem)))
+	putBuf(s.mem)
 	s.mem = nil
 	if s.file != nil {
 		_ = s.file.Close()

@@ -32,9 +32,12 @@ func (w *writer) run(bw *bufio.Writer) {
 	defer close(w.done)
 	for b := range w.ch {
 		if w.err != nil {
+			putBuf(b)
 			continue // drain so that senders never block on a dead stdout
 		}
-		if _, err := bw.Write(b); err != nil {
+		_, err := bw.Write(b)
+		putBuf(b)
+		if err != nil {
 			w.err = err
 			w.dead.Store(true)
 			continue
