@@ -39,12 +39,13 @@ var ErrPacketTooLarge = errors.New("milter packet length out of range")
 // ACKs the second one waits ~40 ms for the delayed ACK (shared/docs/peers.md).
 type conn struct {
 	net.Conn
-	r         *bufio.Reader
-	w         *bufio.Writer
-	timeout   atomic.Int64 // nanoseconds; the deadline for the current stage
-	maxPacket uint32
-	remaining uint32 // bytes left of the packet go-milter is reading
-	raw       syscall.RawConn
+	r                     *bufio.Reader
+	w                     *bufio.Writer
+	timeout               atomic.Int64 // nanoseconds; the deadline for the current stage
+	readArmed, writeArmed time.Time    // the deadlines last set on the socket (see arm)
+	maxPacket             uint32
+	remaining             uint32 // bytes left of the packet go-milter is reading
+	raw                   syscall.RawConn
 
 	// An empty body is sent as no BODY packet at all (Postfix and
 	// Sendmail; opendkim drops the connection on an empty one), but
@@ -85,18 +86,33 @@ func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 // setTimeout sets the timeout for the I/O of the stage that starts now.
 func (c *conn) setTimeout(d time.Duration) { c.timeout.Store(int64(d)) }
 
-func (c *conn) deadline() time.Time {
-	return time.Now().Add(time.Duration(c.timeout.Load()))
+// arm makes sure the deadline set through setDeadline (the read or the
+// write one; armed is what it was last set to) gives the I/O about to
+// start at least the stage's timeout, and at most an eighth more.
+//
+// A deadline is a runtime timer, and resetting one for every packet, as
+// go-milter asks, cost more than a percent of the CPU per message; so an
+// armed deadline that still falls in that window is kept, and go-milter's
+// resets to no deadline are not passed on (a deadline that passes while
+// nothing is read or written has no effect, and the next I/O re-arms).
+func (c *conn) arm(setDeadline func(time.Time) error, armed *time.Time) error {
+	d := time.Duration(c.timeout.Load())
+	earliest := time.Now().Add(d)
+	if !armed.Before(earliest) && armed.Before(earliest.Add(d/8)) {
+		return nil
+	}
+	*armed = earliest.Add(d / 8)
+	return setDeadline(*armed)
 }
 
 // SetReadDeadline and SetWriteDeadline are what go-milter calls around each
-// packet; a zero time (its reset) is passed through, anything else becomes
-// the current stage's deadline.
+// packet: a read gets the current stage's deadline whatever go-milter
+// asks, and writes are bounded by flush.
 func (c *conn) SetReadDeadline(t time.Time) error {
 	if t.IsZero() {
-		return c.Conn.SetReadDeadline(t)
+		return nil // see arm
 	}
-	return c.Conn.SetReadDeadline(c.deadline())
+	return c.arm(c.Conn.SetReadDeadline, &c.readArmed)
 }
 
 func (c *conn) SetWriteDeadline(time.Time) error { return nil }
@@ -111,7 +127,7 @@ func (c *conn) Write(p []byte) (int, error) {
 	}
 	if len(p) > c.w.Available() {
 		// The buffer will spill to the socket now: bound that write too.
-		if err := c.Conn.SetWriteDeadline(c.deadline()); err != nil {
+		if err := c.arm(c.Conn.SetWriteDeadline, &c.writeArmed); err != nil {
 			return 0, err
 		}
 	}
@@ -122,12 +138,10 @@ func (c *conn) flush() error {
 	if c.w.Buffered() == 0 {
 		return nil
 	}
-	if err := c.Conn.SetWriteDeadline(c.deadline()); err != nil {
+	if err := c.arm(c.Conn.SetWriteDeadline, &c.writeArmed); err != nil {
 		return err
 	}
-	err := c.w.Flush()
-	_ = c.Conn.SetWriteDeadline(time.Time{})
-	return err
+	return c.w.Flush()
 }
 
 // Read hands go-milter at most the rest of the current packet, so that the
