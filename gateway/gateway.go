@@ -333,8 +333,9 @@ func (g *Gateway) Sessions() int { return int(g.live.Load()) }
 
 // Shutdown ends the gateway as smtpd closing the pipe does (for SIGTERM):
 // every session is ended, given ShutdownTimeout to finish, and the
-// answers flushed. A read of stdin that is blocked cannot be interrupted
-// (stdin is not pollable), so the caller exits rather than wait for Run.
+// answers flushed. A read of stdin that is blocked may not be
+// interruptible (a blocking descriptor: a terminal, or a pipe the caller
+// did not make non-blocking), so the caller exits rather than wait for Run.
 func (g *Gateway) Shutdown() error {
 	g.stopping.Store(true)
 	return g.stop(nil)

@@ -90,29 +90,35 @@ func (q *queue) push(it item) {
 	q.wake()
 }
 
-// pop waits for the next item.
-func (q *queue) pop() item {
+// popAll waits for items and moves every waiting one, up to cap(dst),
+// into dst: a session takes what a read of stdin brought in one go, with
+// one lock, instead of locking for each item and again to see if another
+// is waiting.
+func (q *queue) popAll(dst []item) []item {
+	dst = dst[:0]
 	for {
 		q.mu.Lock()
-		if h := q.head; h != nil && q.headPos < h.n {
-			it := h.items[q.headPos]
-			h.items[q.headPos] = item{} // drop the strings it holds
-			q.headPos++
-			if q.headPos == h.n {
-				// The block is used up: the next one, or this one again.
-				q.headPos = 0
-				if h.next != nil {
-					q.head = h.next
-					h.n, h.next = 0, nil
-					blockPool.Put(h)
-				} else {
-					h.n = 0
-				}
+		for h := q.head; h != nil && q.headPos < h.n && len(dst) < cap(dst); h = q.head {
+			k := min(h.n-q.headPos, cap(dst)-len(dst))
+			dst = append(dst, h.items[q.headPos:q.headPos+k]...)
+			clear(h.items[q.headPos : q.headPos+k]) // drop the strings they hold
+			q.headPos += k
+			if q.headPos < h.n {
+				break // dst is full
 			}
-			q.mu.Unlock()
-			return it
+			q.headPos = 0
+			if h.next == nil {
+				h.n = 0
+				break
+			}
+			q.head = h.next
+			h.n, h.next = 0, nil
+			blockPool.Put(h)
 		}
 		q.mu.Unlock()
+		if len(dst) > 0 {
+			return dst
+		}
 		<-q.signal
 	}
 }

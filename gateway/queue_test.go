@@ -16,8 +16,13 @@ func TestQueueOrderAcrossBlocks(t *testing.T) {
 			next++
 		}
 		q.wake()
+		var got []item
 		for i := 0; i < burst; i++ {
-			it := q.pop()
+			if len(got) == 0 {
+				got = q.popAll(make([]item, 0, 5)) // smaller than a block
+			}
+			it := got[0]
+			got = got[1:]
 			if it.token != fmt.Sprint(popped) || it.param != "line" {
 				t.Fatalf("popped %q %q, want %d", it.token, it.param, popped)
 			}
@@ -34,7 +39,7 @@ func TestQueueOrderAcrossBlocks(t *testing.T) {
 	}
 	// A shutdown is a line of no kind.
 	q.push(shutdown)
-	if it := q.pop(); it.line == nil || it.line.Kind != 0 {
+	if it := q.popAll(make([]item, 0, 1))[0]; it.line == nil || it.line.Kind != 0 {
 		t.Fatalf("shutdown item: %+v", it)
 	}
 }

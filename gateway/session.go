@@ -69,17 +69,24 @@ func (g *Gateway) newSession(id string) *session {
 func (s *session) run() {
 	defer s.g.wg.Done()
 	defer s.g.sessionGone(s.id)
+	batch := make([]item, 0, blockItems)
 	for {
-		it := s.q.pop()
-		l := it.lineFor(s.id)
-		done := s.handle(&l)
+		batch = s.q.popAll(batch)
+		for i := range batch {
+			l := batch[i].lineFor(s.id)
+			batch[i] = item{}
+			if s.handle(&l) {
+				s.flush()
+				return
+			}
+			if len(s.out) >= flushSize {
+				s.flush()
+			}
+		}
 		// Echoed data lines go out in batches: when nothing more is
 		// queued for the session, or enough has gathered.
-		if len(s.out) > 0 && (done || s.q.empty() || len(s.out) >= flushSize) {
+		if len(s.out) > 0 && s.q.empty() {
 			s.flush()
-		}
-		if done {
-			return
 		}
 	}
 }
