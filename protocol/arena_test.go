@@ -65,7 +65,7 @@ func TestIsDataLine(t *testing.T) {
 		"filter|0.7|1.5|smtp-in|data|0123456789abcdef|fedcba9876543210|":       false,
 		"filter|0.7|1.5|smtp-in|commit|0123456789abcdef|fedcba9876543210|":     false,
 		"report|0.7|1.5|smtp-in|data-line|0123456789abcdef|x":                  false,
-		"filter|0.7|1.5":                                                       false,
+		"filter|0.7|1.5": false,
 		"filter|0.7|1.5|smtp-in|data-lines|0123456789abcdef|fedcba9876543210|": false,
 	} {
 		if got := IsDataLine([]byte(line)); got != want {
