@@ -1,81 +1,55 @@
 package gateway
 
 import (
-	"bufio"
 	"io"
 	"sync"
 	"sync/atomic"
 )
 
-// writer owns stdout: sessions hand it whole lines (or batches of lines)
-// and one goroutine writes them, so lines of different sessions never
-// interleave and no session blocks on another's output. It flushes when
-// nothing more is queued, which batches lines under load and keeps
-// latency low when idle.
+// writer owns stdout. A session writes its batch of lines itself, under a
+// lock, so lines of different sessions never interleave and each
+// session's lines keep their order.
+//
+// There used to be a writer goroutine fed by a channel. Handing every
+// batch to it cost a goroutine switch, and with more than one processor
+// usually a thread wake-up and a context switch, per batch. When smtpd
+// relays a message line by line, as it does, a batch is often a single
+// line. A direct write costs one system call, and the lock is held only
+// for it: stdout is served by the runtime poller (see
+// cmd/filter-milter), so a session that waits for smtpd to read parks
+// its goroutine, not a thread.
 type writer struct {
-	mu     sync.RWMutex // send holds it shared; close exclusively
+	mu     sync.Mutex
+	w      io.Writer
 	closed bool
-	ch     chan []byte
-	done   chan struct{}
-	err    error       // the first write error; read only after done closes
+	err    error       // the first write error
 	dead   atomic.Bool // a write failed
-	once   sync.Once
 }
 
-func newWriter(w io.Writer) *writer {
-	wr := &writer{ch: make(chan []byte, 1024), done: make(chan struct{})}
-	go wr.run(bufio.NewWriterSize(w, 64<<10))
-	return wr
-}
+func newWriter(w io.Writer) *writer { return &writer{w: w} }
 
-func (w *writer) run(bw *bufio.Writer) {
-	defer close(w.done)
-	for b := range w.ch {
-		if w.err != nil {
-			putBuf(b)
-			continue // drain so that senders never block on a dead stdout
-		}
-		_, err := bw.Write(b)
-		putBuf(b)
-		if err != nil {
+// send writes b, which must be one or more complete lines, and recycles it
+// (putBuf): the caller must not use b again. After a write error, or after
+// close (a session that outlived the shutdown bound), b is dropped.
+func (w *writer) send(b []byte) {
+	w.mu.Lock()
+	if !w.closed && w.err == nil {
+		if _, err := w.w.Write(b); err != nil {
 			w.err = err
 			w.dead.Store(true)
-			continue
-		}
-		if len(w.ch) == 0 {
-			if err := bw.Flush(); err != nil {
-				w.err = err
-				w.dead.Store(true)
-			}
 		}
 	}
-	if w.err == nil {
-		w.err = bw.Flush()
-	}
-}
-
-// send queues b, which must be one or more complete lines; the writer owns b
-// afterwards. After close (a session that outlived the shutdown bound) it
-// drops b.
-func (w *writer) send(b []byte) {
-	w.mu.RLock()
-	if !w.closed {
-		w.ch <- b
-	}
-	w.mu.RUnlock()
+	w.mu.Unlock()
+	putBuf(b)
 }
 
 // failed reports whether writing to smtpd has failed.
 func (w *writer) failed() bool { return w.dead.Load() }
 
-// close flushes what is queued and returns the first write error.
+// close stops all later writes and returns the first write error.
 func (w *writer) close() error {
-	w.once.Do(func() {
-		w.mu.Lock()
-		w.closed = true
-		close(w.ch)
-		w.mu.Unlock()
-	})
-	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.closed = true
 	return w.err
 }
