@@ -68,6 +68,7 @@ type Gateway struct {
 	// Owned by Run's goroutine: sessions with lines queued but not yet
 	// woken (see wakingReader).
 	toWake []*session
+	echo   []byte // data lines written back by the reader, not yet sent (echoLine)
 	now    atomic.Int64 // when stdin was last read (unix ns): the sessions' activity clock
 }
 
@@ -185,6 +186,7 @@ type wakingReader struct {
 }
 
 func (w *wakingReader) Read(p []byte) (int, error) {
+	w.g.flushEcho()
 	w.g.wakeQueued()
 	n, err := w.r.Read(p)
 	w.g.now.Store(time.Now().UnixNano())
@@ -195,7 +197,7 @@ func (w *wakingReader) Read(p []byte) (int, error) {
 // Run's goroutine calls it.
 func (g *Gateway) wakeQueued() {
 	for i, s := range g.toWake {
-		s.queued = false
+		s.queued, s.unwoken = false, 0
 		s.q.wake()
 		g.toWake[i] = nil
 	}
@@ -275,13 +277,58 @@ func (g *Gateway) dispatch(id string, l *protocol.Line, last bool) {
 	}
 	g.mu.Unlock()
 	s.lastActive.Store(g.now.Load())
+	var it item
 	if l.Kind == protocol.KindRequest && l.Request.Phase == "data-line" {
 		r := &l.Request
-		s.q.add(item{version: r.Version, token: r.Token, param: r.Param})
+		it = item{version: r.Version, token: r.Token, param: r.Param}
 	} else {
 		lc := *l
-		s.q.add(item{line: &lc})
+		it = item{line: &lc}
 	}
+	if s.readerEcho.Load() {
+		if it.line == nil && it.param != "." {
+			g.echoLine(s, &it)
+			return
+		}
+		// The session may write "." (or anything else) as soon as the
+		// item is queued: what the reader wrote back goes first.
+		g.flushEcho()
+	}
+	s.q.add(it)
+	g.wakeLater(s)
+}
+
+// echoLine writes a data line back for a session whose message no milter
+// can change (readerEcho) and queues it, marked as written, for the
+// session to keep for the milters. smtpd relays a message one line at a
+// time, so a read of stdin often brings one line: writing it back here,
+// as the floor filter does, saves the session's goroutine a wake-up (and
+// the process a context switch) per line. The session is woken once a
+// block of such lines has gathered, so that its message buffer, which
+// spills to disk, holds them rather than its inbox; otherwise at ".".
+func (g *Gateway) echoLine(s *session, it *item) {
+	g.echo = growBuf(g.echo, len(it.param)+len(s.id)+len(it.token)+len("filter-dataline|||\n"))
+	g.echo = protocol.AppendDataLine(g.echo, compat.For(it.version), s.id, it.token, it.param)
+	if len(g.echo) >= flushSize {
+		g.flushEcho()
+	}
+	it.echoed = true
+	s.q.add(*it)
+	if s.unwoken++; s.unwoken >= blockItems {
+		g.wakeLater(s)
+	}
+}
+
+// flushEcho writes what echoLine gathered. Only Run's goroutine calls it.
+func (g *Gateway) flushEcho() {
+	if len(g.echo) > 0 {
+		g.out.send(g.echo)
+		g.echo = nil
+	}
+}
+
+// wakeLater has s woken before the next read of stdin.
+func (g *Gateway) wakeLater(s *session) {
 	if !s.queued {
 		s.queued = true
 		g.toWake = append(g.toWake, s)

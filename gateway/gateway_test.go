@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,17 +43,25 @@ func startGateway(t *testing.T, action Action, specs ...string) *pipe {
 	}
 	g := New(Config{Milters: clients, DefaultAction: action, Log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
 	inR, inW := io.Pipe()
-	outR, outW := io.Pipe()
+	// A kernel pipe, as smtpd's socketpair is buffered: smtpd never waits
+	// to write a line until the filter's answers have been read, and the
+	// gateway may write back while it reads (see Gateway.echoLine).
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	p := &pipe{t: t, g: g, in: inW, out: bufio.NewReaderSize(outR, 1<<20), done: make(chan error, 1)}
 	go func() { p.done <- g.Run(inR, outW); _ = outW.Close() }()
 	t.Cleanup(func() {
 		_ = inW.Close()
-		go func() { _, _ = io.Copy(io.Discard, outR) }()
+		drained := make(chan struct{})
+		go func() { _, _ = io.Copy(io.Discard, outR); _ = outR.Close(); close(drained) }()
 		select {
 		case err := <-p.done:
 			if err != nil {
 				t.Errorf("Run: %v", err)
 			}
+			<-drained // outW is closed once Run returns: the pipe is gone before the next test
 		case <-time.After(5 * time.Second):
 			t.Error("gateway did not stop after stdin closed")
 		}

@@ -17,6 +17,7 @@ type item struct {
 	version compat.Version
 	token   string
 	param   string
+	echoed  bool // the reader has written it back already
 }
 
 // shutdown is the item that tells a session smtpd is gone (stdin closed)

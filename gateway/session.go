@@ -49,6 +49,13 @@ type session struct {
 	chunk      []byte       // reused body chunk buffer
 	lastActive atomic.Int64 // when smtpd last sent something for the session (unix ns)
 	queued     bool         // owned by the gateway's reader: lines queued, session not yet woken
+	unwoken    int          // owned by the gateway's reader: lines it wrote back and queued without a wake
+	// readerEcho: the gateway's reader writes this message's data lines
+	// back itself as they come, and queues them only to be kept for the
+	// milters (see Gateway.dispatch). Set at DATA when no milter can
+	// change the message, cleared when the message is dropped.
+	readerEcho atomic.Bool
+	echoed     bool // the item being handled was written back by the reader
 }
 
 func (g *Gateway) newSession(id string) *session {
@@ -74,6 +81,7 @@ func (s *session) run() {
 		batch = s.q.popAll(batch)
 		for i := range batch {
 			l := batch[i].lineFor(s.id)
+			s.echoed = batch[i].echoed
 			batch[i] = item{}
 			if s.handle(&l) {
 				s.flush()
@@ -408,6 +416,7 @@ func (s *session) data() answer {
 	if s.discard {
 		// Marking the message needs its lines; refusing it does not.
 		s.passthrough = s.g.cfg.Policy.Discard == "reject"
+		s.readerEcho.Store(s.passthrough)
 		return proceed
 	}
 	a := s.each("data", false, func(m *milter.Session) (milter.Verdict, error) { return m.Data() })
@@ -420,6 +429,7 @@ func (s *session) data() answer {
 			s.echoEarly = false
 		}
 	}
+	s.readerEcho.Store(a.decision == protocol.Proceed && (s.passthrough || s.echoEarly))
 	return a
 }
 
@@ -438,7 +448,9 @@ func (s *session) dataLine(r protocol.Request) {
 	}
 	s.size += len(r.Param) + 2 // as queued, with CRLF
 	if s.passthrough || s.failed || s.echoEarly {
-		dataLineOut(s, r.Token, r.Param)
+		if !s.echoed {
+			dataLineOut(s, r.Token, r.Param)
+		}
 		if s.passthrough || s.failed {
 			return
 		}
@@ -487,6 +499,7 @@ func (s *session) finishData(token string, filter bool) {
 
 // dropMessage frees the message buffer and its temporary file.
 func (s *session) dropMessage() {
+	s.readerEcho.Store(false)
 	if s.msg != nil {
 		if s.msg.st.count() > 0 {
 			s.g.cfg.Observer.MessageBuffered(s.id, s.msg.st.size(), s.msg.st.spilled())
