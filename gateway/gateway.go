@@ -68,7 +68,7 @@ type Gateway struct {
 	// Owned by Run's goroutine: sessions with lines queued but not yet
 	// woken (see wakingReader).
 	toWake []*session
-	echo   []byte // data lines written back by the reader, not yet sent (echoLine)
+	echo   []byte       // data lines written back by the reader, not yet sent (echoLine)
 	now    atomic.Int64 // when stdin was last read (unix ns): the sessions' activity clock
 }
 
