@@ -602,3 +602,41 @@ func TestBrokenStdoutStopsRun(t *testing.T) {
 	}
 	_ = inW.Close()
 }
+
+// A long message that no milter can change, sent as smtpd sends under load
+// (many lines per read): the reader writes the lines back as they come and
+// the session keeps them for the milter; every line comes back once, in
+// order, before ".", and the milter sees the whole body.
+func TestReaderEchoLongMessage(t *testing.T) {
+	srv := miltertest.Start(t, miltertest.Script{}, djmilter.WithActions(0))
+	p := startGateway(t, Tempfail, srv.Spec)
+	p.handshake()
+	p.openSession("b@test.example")
+	p.send(req("data", ""))
+	p.expect(result("proceed"))
+	lines := []string{"Subject: long", ""}
+	var body strings.Builder
+	for i := 0; i < 5*blockItems+3; i++ {
+		l := fmt.Sprintf("line %d", i)
+		if i%50 == 0 {
+			l = "." + l // dot-stuffed
+		}
+		lines = append(lines, l)
+		body.WriteString(strings.TrimPrefix(l, ".") + "\r\n")
+	}
+	var batch []string
+	for _, l := range lines {
+		batch = append(batch, req("data-line", l))
+	}
+	batch = append(batch, req("data-line", "."))
+	p.send(batch...)
+	for _, l := range lines {
+		p.expect(dataline(l))
+	}
+	p.expect(dataline("."))
+	p.send(req("commit", ""))
+	p.expect(result("proceed"))
+	if got := string(srv.Seen()[0].Body); got != body.String() {
+		t.Errorf("milter saw a body of %d bytes, want %d", len(got), body.Len())
+	}
+}
