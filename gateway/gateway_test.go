@@ -640,3 +640,28 @@ func TestReaderEchoLongMessage(t *testing.T) {
 		t.Errorf("milter saw a body of %d bytes, want %d", len(got), body.Len())
 	}
 }
+
+// A milter that asks for no header, no end of headers and no body still
+// gets end of message, as from Postfix and Sendmail: its verdict there
+// decides the message. The lines pass straight back as they come.
+func TestEndOfMessageWithoutHeadersOrBody(t *testing.T) {
+	srv := miltertest.Start(t, miltertest.Script{
+		EOM: func(djmilter.Modifier) (*djmilter.Response, error) {
+			return djmilter.RejectWithCodeAndReason(550, "5.7.1 decided at end of message")
+		},
+	}, djmilter.WithActions(0), djmilter.WithProtocols(djmilter.OptNoHeaders|djmilter.OptNoEOH|djmilter.OptNoBody))
+	p := startGateway(t, Tempfail, srv.Spec)
+	p.handshake()
+	p.openSession("b@test.example")
+	p.send(req("data", ""))
+	p.expect(result("proceed"))
+	p.send(req("data-line", "Subject: x"), req("data-line", ""), req("data-line", "body"))
+	p.expect(dataline("Subject: x"), dataline(""), dataline("body"))
+	p.send(req("data-line", "."))
+	p.expect(dataline("."))
+	p.send(req("commit", ""))
+	p.expect(result("reject|550 5.7.1 decided at end of message"))
+	if seen := srv.Seen(); len(seen) != 1 || len(seen[0].Headers) != 0 || len(seen[0].Body) != 0 {
+		t.Errorf("milter saw %+v, want no header and no body", seen)
+	}
+}

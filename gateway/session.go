@@ -443,7 +443,9 @@ func (s *session) dataLine(r protocol.Request) {
 		return
 	}
 	if r.Param == "." {
-		s.finishData(r.Token, !s.passthrough && !s.failed)
+		// End of message goes to the milters even when none wanted
+		// the text (passthrough): their verdict there decides.
+		s.finishData(r.Token, !s.failed)
 		return
 	}
 	s.size += len(r.Param) + 2 // as queued, with CRLF
