@@ -145,9 +145,9 @@ cp "$W/keys/bench.private" "$W/keys/dkimsign.key"
 chown _dkimsign: "$W/keys/dkimsign.key"
 chmod 600 "$W/keys/opendkim.key" "$W/keys/dkimsign.key"
 
-start_null() { # start_null NAME SPEC
+start_null() { # start_null NAME SPEC [eom]
 	cgroup "$1"
-	incg "$1" "$W/bin/nullmilter" "$2" >"$W/logs/$1.log" 2>&1
+	incg "$1" "$W/bin/nullmilter" "$2" ${3:-} >"$W/logs/$1.log" 2>&1
 	eval "PID_$1=$BGPID"
 }
 start_opendkim() { # start_opendkim NAME SOCKETSPEC
@@ -175,10 +175,11 @@ freeport ODKI_PORT
 start_null null_lg "unix:$W/run/null-lg.sock"
 start_null null_lgi "inet:$NULLI_PORT@127.0.0.1"
 start_null null_e2e "unix:$W/run/null-e2e.sock"
+start_null null_eom "unix:$W/run/null-eom.sock" eom
 start_opendkim odk_u "local:$W/run/odk-u.sock"
 start_opendkim odk_i "inet:$ODKI_PORT@127.0.0.1"
 start_opendkim odk_pu "local:$W/run/odk-pu.sock"
-for s in "$W/run/null-lg.sock" "$W/run/null-e2e.sock" "$W/run/odk-u.sock" "$W/run/odk-pu.sock" "$NULLI_PORT" "$ODKI_PORT"; do waitsock "$s"; done
+for s in "$W/run/null-lg.sock" "$W/run/null-e2e.sock" "$W/run/null-eom.sock" "$W/run/odk-u.sock" "$W/run/odk-pu.sock" "$NULLI_PORT" "$ODKI_PORT"; do waitsock "$s"; done
 
 # ---------------------------------------------------------------- 1. Go benchmarks
 if ! skip gobench; then
@@ -203,6 +204,8 @@ if ! skip loadgen; then
 	lgrun 2k-inet -q -floor -reps "$REPS" -sessions 10 -messages 500 -size 2KB -milter "inet:127.0.0.1:$NULLI_PORT" -milter-pid "$PID_null_lgi"
 	lgrun 100k-inet -q -floor -reps "$REPS" -sessions 10 -messages 50 -size 100KB -milter "inet:127.0.0.1:$NULLI_PORT" -milter-pid "$PID_null_lgi"
 	lgrun 2k-unix-100s -q -floor -reps 1 -sessions 100 -messages 100 -size 2KB -milter "unix:$W/run/null-lg.sock" -milter-pid "$PID_null_lg"
+	# the null milter asking for end of message only: one round trip per message
+	lgrun 2k-unix-eom -q -floor -reps "$REPS" -sessions 10 -messages 500 -size 2KB -milter "unix:$W/run/null-eom.sock" -milter-pid "$PID_null_eom"
 fi
 if ! skip profile; then
 	lgrun prof-2k -inprocess -sessions 20 -messages 400 -size 2KB -milter "unix:$W/run/null-lg.sock" -cpuprofile "$W/res/cpu-2k.prof"

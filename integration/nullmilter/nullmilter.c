@@ -6,6 +6,7 @@
  *	apt-get install -y libmilter-dev
  *	cc -O2 -o nullmilter nullmilter.c -lmilter -lpthread
  *	./nullmilter unix:/path/null.sock      (or inet:PORT@127.0.0.1)
+ *	./nullmilter unix:/path/null.sock eom  (asks for end of message only)
  *
  * Every callback is registered and returns SMFIS_CONTINUE, and no action
  * flag is asked for, so the MTA skips nothing: it sends every stage,
@@ -13,6 +14,11 @@
  * of shared/docs/anchors.md does. Each callback does nothing else.
  * A unix socket is made with umask 0, so that smtpd's filter user can
  * connect to it.
+ *
+ * With "eom" it negotiates every stage away but end of message (the
+ * SMFIP_NO* flags), as a milter that only acts on the finished message
+ * may; the MTA then has one round trip per message, which shows what
+ * filter-milter costs apart from the milter conversation.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +38,19 @@ static sfsistat nm_eom(SMFICTX *ctx) { return SMFIS_CONTINUE; }
 static sfsistat nm_abort(SMFICTX *ctx) { return SMFIS_CONTINUE; }
 static sfsistat nm_close(SMFICTX *ctx) { return SMFIS_CONTINUE; }
 static sfsistat nm_unknown(SMFICTX *ctx, const char *cmd) { return SMFIS_CONTINUE; }
+
+static sfsistat
+nm_negotiate_eom(SMFICTX *ctx, unsigned long f0, unsigned long f1, unsigned long f2, unsigned long f3,
+    unsigned long *pf0, unsigned long *pf1, unsigned long *pf2, unsigned long *pf3)
+{
+	unsigned long want = SMFIP_NOCONNECT | SMFIP_NOHELO | SMFIP_NOMAIL | SMFIP_NORCPT |
+	    SMFIP_NOBODY | SMFIP_NOHDRS | SMFIP_NOEOH | SMFIP_NOUNKNOWN | SMFIP_NODATA;
+
+	*pf0 = 0;		/* no actions */
+	*pf1 = want & f1;	/* what the MTA offers of it */
+	*pf2 = *pf3 = 0;
+	return SMFIS_CONTINUE;
+}
 
 static struct smfiDesc desc = {
 	"nullmilter",	/* filter name */
@@ -55,8 +74,10 @@ static struct smfiDesc desc = {
 int
 main(int argc, char **argv)
 {
-	if (argc != 2) {
-		fprintf(stderr, "usage: nullmilter unix:/path | inet:port@host\n");
+	if (argc == 3 && strcmp(argv[2], "eom") == 0)
+		desc.xxfi_negotiate = nm_negotiate_eom;
+	else if (argc != 2) {
+		fprintf(stderr, "usage: nullmilter unix:/path | inet:port@host [eom]\n");
 		return 2;
 	}
 	umask(0);
