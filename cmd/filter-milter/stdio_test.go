@@ -9,6 +9,20 @@ import (
 	"time"
 )
 
+// mustNonBlocking makes fds[0] a poller-served file; both ends are closed
+// when the test ends.
+func mustNonBlocking(t *testing.T, fds [2]int, kind string) *os.File {
+	t.Helper()
+	t.Cleanup(func() { syscall.Close(fds[1]) })
+	f, ok := nonBlocking(fds[0], kind)
+	if !ok {
+		syscall.Close(fds[0])
+		t.Fatalf("nonBlocking refused a %s", kind)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
 // A pipe (or smtpd's socketpair) becomes a poller-served file: a read on
 // it honours a deadline, which a blocking descriptor cannot.
 func TestNonBlockingPipeIsPollable(t *testing.T) {
@@ -16,13 +30,7 @@ func TestNonBlockingPipeIsPollable(t *testing.T) {
 	if err := syscall.Pipe(p[:]); err != nil {
 		t.Fatal(err)
 	}
-	defer syscall.Close(p[1])
-	f, ok := nonBlocking(p[0], "pipe")
-	if !ok {
-		syscall.Close(p[0])
-		t.Fatal("nonBlocking refused a pipe")
-	}
-	defer f.Close()
+	f := mustNonBlocking(t, p, "pipe")
 	if err := f.SetReadDeadline(time.Now().Add(20 * time.Millisecond)); err != nil {
 		t.Fatalf("SetReadDeadline on the pipe: %v (not on the poller)", err)
 	}
@@ -46,13 +54,7 @@ func TestNonBlockingSocketpair(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer syscall.Close(sp[1])
-	f, ok := nonBlocking(sp[0], "socket")
-	if !ok {
-		syscall.Close(sp[0])
-		t.Fatal("nonBlocking refused a socket")
-	}
-	defer f.Close()
+	f := mustNonBlocking(t, sp, "socket")
 	if _, err := f.Write([]byte("register|ready\n")); err != nil {
 		t.Fatal(err)
 	}
