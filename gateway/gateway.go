@@ -131,7 +131,11 @@ func (g *Gateway) Run(in io.Reader, out io.Writer) error {
 	}
 	stopReaper := g.startReaper()
 	defer stopReaper()
-	var arena protocol.Arena
+	var (
+		arena  protocol.Arena
+		cutter protocol.DataLineCutter
+		dl     protocol.DataLine
+	)
 	for {
 		raw, err := rd.ReadLine()
 		if err != nil {
@@ -147,18 +151,16 @@ func (g *Gateway) Run(in io.Reader, out io.Writer) error {
 		if g.out.failed() || g.stopping.Load() {
 			return g.stop(nil)
 		}
-		// Data lines are most lines and live only until the session has
-		// echoed or buffered them: they share the arena's blocks. Other
-		// lines feed macros and state a session keeps, so each gets its
-		// own copy and pins nothing else.
-		var line string
-		if protocol.IsDataLine(raw) {
-			line = arena.String(raw)
-		} else {
-			line = string(raw)
+		// Data lines are most lines: they are cut in place, and their
+		// text lives only until the session has echoed or buffered it, so
+		// it shares the arena's blocks. Other lines feed macros and state
+		// a session keeps, so each gets its own copy and pins nothing else.
+		if cutter.Cut(raw, &dl) {
+			g.dispatchDataLine(&dl, &arena)
+			continue
 		}
 		var l protocol.Line
-		if err := protocol.ParseLine(line, &l); err != nil {
+		if err := protocol.ParseLine(string(raw), &l); err != nil {
 			g.log.Error("ignoring malformed line from smtpd", zap.Error(err))
 			continue
 		}
@@ -264,7 +266,32 @@ func (g *Gateway) register() {
 // first line. Only Run's goroutine calls it; the session is woken at the
 // next read of stdin (wakeQueued).
 func (g *Gateway) dispatch(id string, l *protocol.Line, last bool) {
+	s := g.sessionFor(id, last)
+	lc := *l
+	g.queue(s, item{line: &lc})
+}
+
+// dispatchDataLine is dispatch for a data line cut in place: the session is
+// looked up without a copy of its id, and the token, the same on every
+// line of a message, is copied once per message.
+func (g *Gateway) dispatchDataLine(d *protocol.DataLine, arena *protocol.Arena) {
 	g.mu.Lock()
+	s := g.sessions[string(d.Session)]
+	g.mu.Unlock()
+	if s == nil {
+		s = g.sessionFor(string(d.Session), false)
+	}
+	if string(d.Token) != s.readerToken {
+		s.readerToken = string(d.Token)
+	}
+	g.queue(s, item{version: d.Version, token: s.readerToken, param: arena.String(d.Param)})
+}
+
+// sessionFor returns the session with id, started if new; last removes it
+// from the table (its goroutine ends after the line).
+func (g *Gateway) sessionFor(id string, last bool) *session {
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	s := g.sessions[id]
 	if s == nil {
 		s = g.newSession(id)
@@ -275,16 +302,12 @@ func (g *Gateway) dispatch(id string, l *protocol.Line, last bool) {
 	if last {
 		delete(g.sessions, id)
 	}
-	g.mu.Unlock()
+	return s
+}
+
+// queue hands an item to its session.
+func (g *Gateway) queue(s *session, it item) {
 	s.lastActive.Store(g.now.Load())
-	var it item
-	if l.Kind == protocol.KindRequest && l.Request.Phase == "data-line" {
-		r := &l.Request
-		it = item{version: r.Version, token: r.Token, param: r.Param}
-	} else {
-		lc := *l
-		it = item{line: &lc}
-	}
 	if s.readerEcho.Load() {
 		if it.line == nil && it.param != "." {
 			g.echoLine(s, &it)

@@ -44,12 +44,13 @@ type session struct {
 	discard     bool
 	answered    bool // the request being handled has been answered
 
-	out        []byte       // lines for smtpd not yet handed to the writer
-	size       int          // bytes of the message's data lines, for the observer
-	chunk      []byte       // reused body chunk buffer
-	lastActive atomic.Int64 // when smtpd last sent something for the session (unix ns)
-	queued     bool         // owned by the gateway's reader: lines queued, session not yet woken
-	unwoken    int          // owned by the gateway's reader: lines it wrote back and queued without a wake
+	out         []byte       // lines for smtpd not yet handed to the writer
+	size        int          // bytes of the message's data lines, for the observer
+	chunk       []byte       // reused body chunk buffer
+	lastActive  atomic.Int64 // when smtpd last sent something for the session (unix ns)
+	queued      bool         // owned by the gateway's reader: lines queued, session not yet woken
+	unwoken     int          // owned by the gateway's reader: lines it wrote back and queued without a wake
+	readerToken string       // owned by the gateway's reader: the token of the last data line
 	// readerEcho: the gateway's reader writes this message's data lines
 	// back itself as they come, and queues them only to be kept for the
 	// milters (see Gateway.dispatch). Set at DATA when no milter can

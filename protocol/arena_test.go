@@ -58,18 +58,39 @@ func TestParseLineKinds(t *testing.T) {
 	}
 }
 
-func TestIsDataLine(t *testing.T) {
+func TestDataLineCutter(t *testing.T) {
+	var c DataLineCutter
 	for line, want := range map[string]bool{
-		"filter|0.7|1.5|smtp-in|data-line|0123456789abcdef|fedcba9876543210|x": true,
-		"filter|0.7|1.5|smtp-in|data-line|0123456789abcdef|fedcba9876543210|":  true,
-		"filter|0.7|1.5|smtp-in|data|0123456789abcdef|fedcba9876543210|":       false,
-		"filter|0.7|1.5|smtp-in|commit|0123456789abcdef|fedcba9876543210|":     false,
-		"report|0.7|1.5|smtp-in|data-line|0123456789abcdef|x":                  false,
+		"filter|0.7|1.5|smtp-in|data-line|0123456789abcdef|fedcba9876543210|x|y": true,
+		"filter|0.7|1.5|smtp-in|data-line|0123456789abcdef|fedcba9876543210|":    true,
+		"filter|0.5|1.5|smtp-in|data-line|0123456789abcdef|fedcba9876543210|.":   true,
+		"filter|0.7|1.5|smtp-in|data|0123456789abcdef|fedcba9876543210|":         false,
+		"filter|0.7|1.5|smtp-in|commit|0123456789abcdef|fedcba9876543210|":       false,
+		"report|0.7|1.5|smtp-in|data-line|0123456789abcdef|x":                    false,
 		"filter|0.7|1.5": false,
 		"filter|0.7|1.5|smtp-in|data-lines|0123456789abcdef|fedcba9876543210|": false,
+		"filter|x.7|1.5|smtp-in|data-line|0123456789abcdef|fedcba9876543210|x": false,
+		"filter|0.7||smtp-in|data-line|0123456789abcdef|fedcba9876543210|x":    false,
+		"filter|0.7|1.5|smtp-in|data-line|0123456789abcdeg|fedcba9876543210|x": false,
+		"filter|0.7|1.5|smtp-in|data-line|0123456789abcdef||x":                 false,
 	} {
-		if got := IsDataLine([]byte(line)); got != want {
-			t.Errorf("IsDataLine(%q) = %v, want %v", line, got, want)
+		var d DataLine
+		got := c.Cut([]byte(line), &d)
+		if got != want {
+			t.Errorf("Cut(%q) = %v, want %v", line, got, want)
+			continue
+		}
+		if !got {
+			continue
+		}
+		// What Cut takes, ParseLine takes the same way.
+		var l Line
+		if err := ParseLine(line, &l); err != nil {
+			t.Fatalf("ParseLine(%q): %v", line, err)
+		}
+		r := l.Request
+		if d.Version != r.Version || string(d.Session) != r.Session || string(d.Token) != r.Token || string(d.Param) != r.Param {
+			t.Errorf("Cut(%q) = %+v, ParseLine has %+v", line, d, r)
 		}
 	}
 }

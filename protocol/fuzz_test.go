@@ -37,6 +37,21 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, line []byte) {
 		ev, err := Parse(line)
+		// The gateway's fast path for data lines takes a line only as
+		// Parse takes it.
+		var c DataLineCutter
+		var d DataLine
+		cut := c.Cut(line, &d)
+		if cut {
+			r, ok := ev.(Request)
+			if err != nil || !ok || r.Phase != "data-line" || r.Version != d.Version ||
+				r.Session != string(d.Session) || r.Token != string(d.Token) || r.Param != string(d.Param) {
+				t.Fatalf("DataLineCutter took %q as %+v; Parse gives %#v, %v", line, d, ev, err)
+			}
+		}
+		if r, ok := ev.(Request); ok && err == nil && r.Phase == "data-line" && !cut {
+			t.Fatalf("DataLineCutter refused %q, which Parse takes as a data line", line)
+		}
 		if err != nil {
 			var pe *ParseError
 			if !errors.As(err, &pe) {

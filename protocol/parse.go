@@ -141,21 +141,51 @@ func ParseLine(line string, l *Line) error {
 	return newParseError(line, "not a config, report or filter line")
 }
 
-// IsDataLine reports whether line is a data-line filter request, from its
-// phase field alone; the line is not validated.
-func IsDataLine(line []byte) bool {
+// DataLine is a data-line filter request cut from its line without a
+// copy: the byte slices point into that line and are valid as long as it
+// is.
+type DataLine struct {
+	Version        compat.Version
+	Session, Token []byte
+	Param          []byte // the data line, still dot-stuffed
+}
+
+// DataLineCutter cuts data-line requests, most of what smtpd sends, with
+// no allocation: it checks what parseRequest checks, and remembers the
+// last version field, which is the same on every line of an smtpd.
+type DataLineCutter struct {
+	rawVersion []byte
+	version    compat.Version
+}
+
+// Cut fills d and reports true when line is a well-formed data-line
+// request. Any other line, well-formed or not, gives false and is for
+// ParseLine, which says what is wrong with a bad one.
+func (c *DataLineCutter) Cut(line []byte, d *DataLine) bool {
 	if !bytes.HasPrefix(line, []byte("filter|")) {
 		return false
 	}
 	rest := line[len("filter|"):]
-	for range 3 { // version, timestamp, subsystem
-		i := bytes.IndexByte(rest, '|')
-		if i < 0 {
+	var f [6][]byte // version, timestamp, subsystem, phase, session, token
+	for i := range f {
+		j := bytes.IndexByte(rest, '|')
+		if j < 0 {
 			return false
 		}
-		rest = rest[i+1:]
+		f[i], rest = rest[:j], rest[j+1:]
 	}
-	return bytes.HasPrefix(rest, []byte("data-line|"))
+	if string(f[3]) != "data-line" || len(f[1]) == 0 || len(f[2]) == 0 || !isHex(f[4]) || !isHex(f[5]) {
+		return false
+	}
+	if !bytes.Equal(f[0], c.rawVersion) || c.rawVersion == nil {
+		v, err := compat.ParseVersion(string(f[0]))
+		if err != nil {
+			return false
+		}
+		c.rawVersion, c.version = append(c.rawVersion[:0], f[0]...), v
+	}
+	*d = DataLine{Version: c.version, Session: f[4], Token: f[5], Param: rest}
+	return true
 }
 
 func parseConfig(line string, c *Config) error {
@@ -235,8 +265,8 @@ func checkHeader(h []string, session string) (compat.Version, string) {
 // isHex reports whether s is a non-empty string of hex digits. smtpd
 // writes session ids and tokens as 16 lowercase hex digits and reads them
 // back with strtoull(.., 16), so any hex is taken.
-func isHex(s string) bool {
-	if s == "" {
+func isHex[T string | []byte](s T) bool {
+	if len(s) == 0 {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
