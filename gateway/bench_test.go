@@ -34,7 +34,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -43,6 +42,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/filter-milter/filter-milter/integration/benchmsg"
 	"github.com/filter-milter/filter-milter/milter"
 	"github.com/filter-milter/filter-milter/milter/miltertest"
 )
@@ -75,7 +75,7 @@ func BenchmarkMessage(b *testing.B) {
 // sessions of them at once, and reports msgs/s.
 func benchMessages(b *testing.B, spec string, size, sessions int) {
 	d := startBenchSmtpd(b, spec)
-	body := benchMessageLines(size)
+	body, _ := benchmsg.Lines(size)
 	var next atomic.Int64
 	errc := make(chan error, sessions)
 	var wg sync.WaitGroup
@@ -340,44 +340,6 @@ func (sc *benchScript) run() error {
 		}
 	}
 	return nil
-}
-
-// benchMessageLines is a message of about size bytes as smtpd's data lines:
-// smtpd's Received header, a plain header and body lines of 76 characters,
-// still dot-stuffed (a body line starting with "." is sent as "..").
-func benchMessageLines(size int) [][]byte {
-	lines := []string{
-		"Received: from client.bench.example (localhost [127.0.0.1])",
-		"\tby mx.bench.example (OpenSMTPD) with ESMTP id 2a4946c4;",
-		"\tTue, 24 Nov 2026 07:22:03 +0000 (UTC)",
-		"From: Sender <sender@bench.example>",
-		"To: Recipient <rcpt@bench.example>",
-		"Subject: benchmark message",
-		"Date: Tue, 24 Nov 2026 07:22:03 +0000",
-		"Message-ID: <20261124072203.2a4946c4@client.bench.example>",
-		"MIME-Version: 1.0",
-		"Content-Type: text/plain; charset=us-ascii",
-		"",
-	}
-	n := 0
-	for _, l := range lines {
-		n += len(l) + 2
-	}
-	const text = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore "
-	for i := 0; n < size; i++ {
-		l := strconv.Itoa(i) + " " + text
-		l = l[:76]
-		if i%40 == 39 {
-			l = ".." + l[2:] // a stuffed leading dot now and then
-		}
-		lines = append(lines, l)
-		n += len(l) + 2
-	}
-	out := make([][]byte, len(lines))
-	for i, l := range lines {
-		out[i] = []byte(l)
-	}
-	return out
 }
 
 // Milter action flags (libmilter's SMFIF_*) for miltertest.StartNull.

@@ -59,6 +59,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/filter-milter/filter-milter/gateway"
+	"github.com/filter-milter/filter-milter/integration/benchmsg"
 	"github.com/filter-milter/filter-milter/milter"
 )
 
@@ -548,41 +549,14 @@ type message struct {
 	size  int    // bytes as queued (CRLF line ends)
 }
 
-// newMessage builds a message of about size bytes as smtpd's data lines:
-// smtpd's Received header, a plain header, body lines of 76 characters;
-// still dot-stuffed (every 40th body line starts with a stuffed dot).
+// newMessage builds the benchmark message of about size bytes (package
+// benchmsg) and its hash.
 func newMessage(size int) message {
-	lines := []string{
-		"Received: from client.bench.example (localhost [127.0.0.1])",
-		"\tby mx.bench.example (OpenSMTPD) with ESMTP id 2a4946c4;",
-		"\tTue, 24 Nov 2026 07:22:03 +0000 (UTC)",
-		"From: Sender <sender@bench.example>",
-		"To: Recipient <rcpt@bench.example>",
-		"Subject: benchmark message",
-		"Date: Tue, 24 Nov 2026 07:22:03 +0000",
-		"Message-ID: <20261124072203.2a4946c4@client.bench.example>",
-		"MIME-Version: 1.0",
-		"Content-Type: text/plain; charset=us-ascii",
-		"",
-	}
-	n := 0
-	for _, l := range lines {
-		n += len(l) + 2
-	}
-	const text = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore "
-	for i := 0; n < size; i++ {
-		l := (strconv.Itoa(i) + " " + text)[:76]
-		if i%40 == 39 {
-			l = ".." + l[2:]
-		}
-		lines = append(lines, l)
-		n += len(l) + 2
-	}
-	m := message{size: n}
+	lines, queued := benchmsg.Lines(size)
+	m := message{lines: lines, size: queued}
 	h := fnv.New64a()
 	for _, l := range lines {
-		m.lines = append(m.lines, []byte(l))
-		h.Write([]byte(l))
+		h.Write(l)
 		h.Write([]byte{'\n'})
 	}
 	m.hash = h.Sum64()
