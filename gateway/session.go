@@ -53,7 +53,7 @@ type session struct {
 	readerToken string       // owned by the gateway's reader: the token of the last data line
 	// readerEcho: the gateway's reader writes this message's data lines
 	// back itself as they come, and queues them only to be kept for the
-	// milters (see Gateway.dispatch). Set at DATA when no milter can
+	// milters (see Gateway.echoLine). Set at DATA when no milter can
 	// change the message, cleared when the message is dropped.
 	readerEcho atomic.Bool
 	echoed     bool // the item being handled was written back by the reader
