@@ -3,7 +3,6 @@ package harness
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -78,39 +77,7 @@ mv "$dir/.tmp.$name" "$dir/$name.eml" || exit 75
 	fmt.Fprintf(&conf, "action \"save\" mda \"%s %%{rcpt}\" virtual <vusers> user mailsink\n", mda)
 	fmt.Fprintf(&conf, "match from any for any action \"save\"\n")
 	s.ConfPath = e.WriteFile("smtpd.conf", []byte(conf.String()), 0o644)
-	if out, err := run(binary, "-n", "-f", s.ConfPath); err != nil {
-		tb.Fatalf("harness: `%s -n -f %s` failed: %v\n%s\nconfig:\n%s", binary, s.ConfPath, err, out, conf.String())
-	}
-	if out, _ := run(binary, "-h"); strings.Contains(out, "version:") {
-		s.Version = strings.TrimSpace(strings.TrimPrefix(strings.SplitN(out, "\n", 2)[0], "version:"))
-	}
-	if err := os.MkdirAll("/var/spool/smtpd", 0o711); err != nil {
-		tb.Fatalf("harness: %v", err)
-	}
-	var extra string
-	if root := strings.TrimSuffix(binary, "/usr/sbin/smtpd"); root != binary && root != "" {
-		libexec := filepath.Join(root, "usr/libexec/opensmtpd")
-		if st, err := os.Stat(libexec); err == nil && st.IsDir() {
-			if err := os.MkdirAll("/usr/libexec/opensmtpd", 0o755); err != nil {
-				tb.Fatalf("harness: %v", err)
-			}
-			extra = fmt.Sprintf("mount --bind '%s' /usr/libexec/opensmtpd\n", libexec)
-		}
-	}
-	launcher := e.WriteFile("smtpd-launch.sh", []byte(fmt.Sprintf(`#!/bin/sh
-set -e
-resolv=/etc/resolv.conf
-if [ -L "$resolv" ]; then resolv=$(readlink -f "$resolv"); fi
-mount -t tmpfs -o mode=0711 tmpfs /var/spool/smtpd
-mount -t tmpfs -o mode=0755 tmpfs /run
-case "$resolv" in
-/run/*) mkdir -p "$(dirname "$resolv")"; : > "$resolv" ;;
-esac
-if [ -e "$resolv" ]; then mount --bind '%s' "$resolv"; fi
-%sexec '%s' -d -f '%s'
-`, resolv, extra, binary, s.ConfPath)), 0o755)
-	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
-	s.Proc = e.Start("smtpd", env, "unshare", "--mount", "--propagation", "private", "/bin/sh", launcher)
+	s.launch(tb, e, binary, "-d", conf.String(), resolv)
 	tb.Logf("harness: %s (%s), config %s:\n%s", s.Version, binary, s.ConfPath, conf.String())
 	WaitTCP(tb, s.Proc, port, 10*time.Second)
 	tb.Cleanup(func() { s.checkLog(tb) })

@@ -216,30 +216,6 @@ mv "$dir/.tmp.$name" "$dir/$name.eml" || exit 75
 	fmt.Fprintf(&conf, "match from any for any action \"save\"\n")
 	s.ConfPath = e.WriteFile("smtpd.conf", []byte(conf.String()), 0o644)
 
-	if out, err := run(cfg.Binary, "-n", "-f", s.ConfPath); err != nil {
-		tb.Fatalf("harness: `%s -n -f %s` failed: %v\n%s\nconfig:\n%s", cfg.Binary, s.ConfPath, err, out, conf.String())
-	}
-	if out, err := run(cfg.Binary, "-h"); strings.Contains(out, "version:") {
-		s.Version = strings.TrimSpace(strings.TrimPrefix(strings.SplitN(out, "\n", 2)[0], "version:"))
-	} else {
-		tb.Logf("harness: %s -h: %v %s", cfg.Binary, err, out)
-	}
-
-	// The launcher runs inside the new mount namespace. /var/spool/smtpd
-	// must exist on the host as a mount point; smtpd would create it anyway.
-	if err := os.MkdirAll("/var/spool/smtpd", 0o711); err != nil {
-		tb.Fatalf("harness: mkdir /var/spool/smtpd: %v", err)
-	}
-	var extra string
-	if root := strings.TrimSuffix(cfg.Binary, "/usr/sbin/smtpd"); root != cfg.Binary && root != "" {
-		libexec := filepath.Join(root, "usr/libexec/opensmtpd")
-		if st, err := os.Stat(libexec); err == nil && st.IsDir() {
-			if err := os.MkdirAll("/usr/libexec/opensmtpd", 0o755); err != nil {
-				tb.Fatalf("harness: mkdir /usr/libexec/opensmtpd: %v", err)
-			}
-			extra = fmt.Sprintf("# this smtpd runs its own mail.mda & co. from its libexec directory\nmount --bind '%s' /usr/libexec/opensmtpd\n", libexec)
-		}
-	}
 	flags := "-d"
 	if cfg.Verbose {
 		flags += " -v"
@@ -247,9 +223,47 @@ mv "$dir/.tmp.$name" "$dir/$name.eml" || exit 75
 	if cfg.Trace != "" {
 		flags += " -T " + shellQuote(cfg.Trace)
 	}
+	s.launch(tb, e, cfg.Binary, flags, conf.String(), resolv)
+	tb.Logf("harness: %s (%s), config %s:\n%s", s.Version, cfg.Binary, s.ConfPath, conf.String())
+	for _, l := range cfg.Listeners {
+		WaitTCP(tb, s.Proc, s.ports[l.Name], 10*time.Second)
+	}
+	tb.Cleanup(func() { s.checkLog(tb) })
+	return s
+}
+
+// launch checks the configuration written to s.ConfPath (text, for the
+// error message), reads smtpd's version and starts binary with flags in a
+// private mount namespace: its own queue, control socket and resolver
+// (resolv), so that it shares nothing with other instances. A binary
+// unpacked under a root of its own (bookworm-backports' 7.4) gets that
+// root's libexec directory, for mail.mda and friends.
+func (s *SMTPD) launch(tb TB, e *Env, binary, flags, text, resolv string) {
+	tb.Helper()
+	if out, err := run(binary, "-n", "-f", s.ConfPath); err != nil {
+		tb.Fatalf("harness: `%s -n -f %s` failed: %v\n%s\nconfig:\n%s", binary, s.ConfPath, err, out, text)
+	}
+	if out, err := run(binary, "-h"); strings.Contains(out, "version:") {
+		s.Version = strings.TrimSpace(strings.TrimPrefix(strings.SplitN(out, "\n", 2)[0], "version:"))
+	} else {
+		tb.Logf("harness: %s -h: %v %s", binary, err, out)
+	}
+	// /var/spool/smtpd must exist on the host as a mount point.
+	if err := os.MkdirAll("/var/spool/smtpd", 0o711); err != nil {
+		tb.Fatalf("harness: mkdir /var/spool/smtpd: %v", err)
+	}
+	var extra string
+	if root := strings.TrimSuffix(binary, "/usr/sbin/smtpd"); root != binary && root != "" {
+		libexec := filepath.Join(root, "usr/libexec/opensmtpd")
+		if st, err := os.Stat(libexec); err == nil && st.IsDir() {
+			if err := os.MkdirAll("/usr/libexec/opensmtpd", 0o755); err != nil {
+				tb.Fatalf("harness: mkdir /usr/libexec/opensmtpd: %v", err)
+			}
+			extra = fmt.Sprintf("mount --bind '%s' /usr/libexec/opensmtpd\n", libexec)
+		}
+	}
 	launcher := e.WriteFile("smtpd-launch.sh", []byte(fmt.Sprintf(`#!/bin/sh
-# Runs inside "unshare --mount --propagation private": private queue, control
-# socket and resolver, so that this smtpd shares nothing with other instances.
+# Runs inside "unshare --mount --propagation private".
 set -e
 resolv=/etc/resolv.conf
 if [ -L "$resolv" ]; then resolv=$(readlink -f "$resolv"); fi
@@ -260,16 +274,9 @@ case "$resolv" in
 esac
 if [ -e "$resolv" ]; then mount --bind '%s' "$resolv"; fi
 %sexec '%s' %s -f '%s'
-`, resolv, extra, cfg.Binary, flags, s.ConfPath)), 0o755)
-
+`, resolv, extra, binary, flags, s.ConfPath)), 0o755)
 	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
 	s.Proc = e.Start("smtpd", env, "unshare", "--mount", "--propagation", "private", "/bin/sh", launcher)
-	tb.Logf("harness: %s (%s), config %s:\n%s", s.Version, cfg.Binary, s.ConfPath, conf.String())
-	for _, l := range cfg.Listeners {
-		WaitTCP(tb, s.Proc, s.ports[l.Name], 10*time.Second)
-	}
-	tb.Cleanup(func() { s.checkLog(tb) })
-	return s
 }
 
 // Port returns the port of the named listener.

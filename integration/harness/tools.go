@@ -120,38 +120,28 @@ func ParseMetrics(text string) []Sample {
 // whether there is one.
 func Metric(samples []Sample, name string, labels map[string]string) (float64, bool) {
 	for _, s := range samples {
-		if s.Name != name || len(s.Labels) != len(labels) {
-			continue
-		}
-		match := true
-		for k, v := range labels {
-			if s.Labels[k] != v {
-				match = false
-				break
-			}
-		}
-		if match {
+		if s.Name == name && len(s.Labels) == len(labels) && hasLabels(s, labels) {
 			return s.Value, true
 		}
 	}
 	return 0, false
 }
 
+// hasLabels reports whether s carries every one of labels.
+func hasLabels(s Sample, labels map[string]string) bool {
+	for k, v := range labels {
+		if s.Labels[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
 // MetricSum adds up the samples of name whose labels include these.
 func MetricSum(samples []Sample, name string, labels map[string]string) float64 {
 	sum := 0.0
 	for _, s := range samples {
-		if s.Name != name {
-			continue
-		}
-		match := true
-		for k, v := range labels {
-			if s.Labels[k] != v {
-				match = false
-				break
-			}
-		}
-		if match {
+		if s.Name == name && hasLabels(s, labels) {
 			sum += s.Value
 		}
 	}
