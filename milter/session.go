@@ -16,6 +16,16 @@ type Options struct {
 	ContentTimeout time.Duration // HEADER, EOH, BODY, end of message (Postfix: milter_content_timeout)
 	MaxPacket      uint32        // the largest packet accepted from the milter
 	Version        uint32        // the highest protocol version offered (2 to 6; 0 means 6)
+	// EOMTimeout bounds the whole of end of message, from SMFIC_BODYEOB to
+	// the final reply, however many PROGRESS packets the milter sends
+	// (Sendmail's T=E; ContentTimeout still bounds each packet).
+	EOMTimeout time.Duration
+	// MaxModifications and MaxModificationBytes bound what one milter may
+	// ask for at one end of message: the number of modification packets
+	// and the bytes of their payloads (replacement body included). Over
+	// either is a protocol error: that milter's default action.
+	MaxModifications     int
+	MaxModificationBytes int64
 }
 
 // DefaultOptions are Postfix's defaults.
@@ -24,6 +34,14 @@ var DefaultOptions = Options{
 	CommandTimeout: 30 * time.Second,
 	ContentTimeout: 300 * time.Second,
 	MaxPacket:      64 << 20,
+	// Sendmail's T=E default is 5 minutes; a milter that keeps sending
+	// PROGRESS (a virus scanner on a large message) gets twice that.
+	EOMTimeout: 10 * time.Minute,
+	// opendkim sends one header, rspamd and spamass-milter a few dozen;
+	// a replacement body is about the size of the message (smtpd's
+	// default limit is 35 MB).
+	MaxModifications:     10000,
+	MaxModificationBytes: 64 << 20,
 }
 
 // Client opens milter sessions to one milter. It is safe for concurrent use.
@@ -48,6 +66,15 @@ const (
 func NewClient(name string, spec Spec, opts Options) *Client {
 	if opts.MaxPacket == 0 {
 		opts.MaxPacket = DefaultOptions.MaxPacket
+	}
+	if opts.EOMTimeout == 0 {
+		opts.EOMTimeout = DefaultOptions.EOMTimeout
+	}
+	if opts.MaxModifications == 0 {
+		opts.MaxModifications = DefaultOptions.MaxModifications
+	}
+	if opts.MaxModificationBytes == 0 {
+		opts.MaxModificationBytes = DefaultOptions.MaxModificationBytes
 	}
 	version := opts.Version
 	if version == 0 {
@@ -366,3 +393,10 @@ func (s *Session) Close() error {
 }
 
 var errClosed = fmt.Errorf("milter session closed")
+
+// Interrupt closes the milter's socket at once, so that a call blocked on
+// it (a milter that keeps sending PROGRESS, or says nothing) returns with
+// an error now. It is the one method that is safe to call from another
+// goroutine: the gateway calls it when smtpd reports that the client is
+// gone, when it reaps a session, and at shutdown.
+func (s *Session) Interrupt() { _ = s.conn.Conn.Close() }
