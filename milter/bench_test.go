@@ -101,7 +101,7 @@ func benchMessage(b *testing.B, s *milter.Session, macros *milter.Macros) {
 	mustContinue(b, "eoh", v, err)
 	v, err = s.Body(benchBody)
 	mustContinue(b, "body", v, err)
-	v, mods, err := s.End()
+	v, mods, err := s.End(nil)
 	if err != nil || v.Kind != milter.Accept || len(mods) != 0 {
 		b.Fatalf("end of message: %v %v %v", v, mods, err)
 	}

@@ -8,10 +8,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	djmilter "github.com/d--j/go-milter"
 )
 
 // ErrPacketTooLarge is returned when a milter announces a packet longer than
@@ -33,6 +36,19 @@ var ErrPacketTooLarge = errors.New("milter packet length out of range")
 //     before it reads, which is when the milter must have them.
 //   - Frame checks. Every packet length the milter announces is checked
 //     against [1, maxPacket] before go-milter sees it.
+//   - Protocol checks, as Postfix's milter8.c makes them (replies.go): a
+//     reply code the phase does not allow (PROGRESS anywhere but end of
+//     message, a modification outside it, one the milter did not
+//     negotiate), a NUL inside a header modification, bytes waiting
+//     before a command is sent (quiet).
+//   - End of message bounds: the whole of it is capped at EOMTimeout
+//     whatever PROGRESS says, and its modifications at a count and a
+//     number of bytes, checked on each packet's header before its payload
+//     is read.
+//   - Replacement body streaming: at end of message conn reads
+//     SMFIR_REPLBODY packets itself and writes their payload to the
+//     caller's writer, so a body of any size is never held in memory;
+//     go-milter never sees them.
 //
 // On TCP it also re-arms TCP_QUICKACK before each read: libmilter writes each
 // end-of-message modification as its own small packet, and without quick
@@ -45,7 +61,13 @@ type conn struct {
 	readArmed, writeArmed time.Time    // the deadlines last set on the socket (see arm)
 	maxPacket             uint32
 	remaining             uint32 // bytes left of the packet go-milter is reading
-	raw                   syscall.RawConn
+	raw                   syscall.RawConn // TCP only, for TCP_QUICKACK
+	sock                  syscall.RawConn // any socket, to peek at it (quiet); nil when not a socket
+
+	phase   readPhase
+	actions djmilter.OptAction // negotiated: the modifications the milter may send
+	eom     endOfMessage
+	chunk   []byte // the buffer replacement body packets are copied through
 
 	// An empty body is sent as no BODY packet at all (Postfix and
 	// Sendmail; opendkim drops the connection on an empty one), but
@@ -71,12 +93,47 @@ func newConn(c net.Conn, timeout time.Duration, maxPacket uint32) *conn {
 	mc.r = bufio.NewReaderSize(readerFunc(mc.readRaw), 4<<10)
 	mc.w = bufio.NewWriterSize(c, 4<<10) // body chunks bigger than this go straight to the socket
 	mc.timeout.Store(int64(timeout))
-	if tc, ok := c.(*net.TCPConn); ok {
-		if raw, err := tc.SyscallConn(); err == nil {
-			mc.raw = raw
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			mc.sock = raw
+			if _, tcp := c.(*net.TCPConn); tcp {
+				mc.raw = raw
+			}
 		}
 	}
 	return mc
+}
+
+// endOfMessage is what conn keeps while the milter answers end of message.
+type endOfMessage struct {
+	deadline time.Time // EOM start + EOMTimeout: no read or write goes past it
+	timeout  time.Duration
+	body     io.Writer // where SMFIR_REPLBODY payloads go; nil: to go-milter
+	maxMods  int
+	maxBytes int64
+	mods     int   // modification packets so far
+	bytes    int64 // and their payload bytes
+	passed   int   // modification packets handed to go-milter
+	bodyAt   int   // go-milter's modification count at the first streamed body packet; -1 before
+}
+
+// beginEndOfMessage switches to the end-of-message phase; call it before
+// go-milter writes SMFIC_BODYEOB.
+func (c *conn) beginEndOfMessage(timeout time.Duration, body io.Writer, maxMods int, maxBytes int64) {
+	c.phase = phaseEndOfMessage
+	c.eom = endOfMessage{deadline: time.Now().Add(timeout), timeout: timeout, body: body,
+		maxMods: maxMods, maxBytes: maxBytes, bodyAt: -1}
+}
+
+// endEndOfMessage goes back to one reply per command and reports where
+// among the modifications go-milter returned the streamed replacement
+// body belongs (-1: the milter sent none, or it went to go-milter).
+func (c *conn) endEndOfMessage() (bodyAt int) {
+	bodyAt = c.eom.bodyAt
+	c.phase = phaseReply
+	c.eom = endOfMessage{}
+	c.readArmed, c.writeArmed = time.Time{}, time.Time{} // they may be the capped deadline
+	return bodyAt
 }
 
 type readerFunc func([]byte) (int, error)
@@ -95,13 +152,21 @@ func (c *conn) setTimeout(d time.Duration) { c.timeout.Store(int64(d)) }
 // armed deadline that still falls in that window is kept, and go-milter's
 // resets to no deadline are not passed on (a deadline that passes while
 // nothing is read or written has no effect, and the next I/O re-arms).
+//
+// At end of message the deadline is capped at the end-of-message deadline,
+// so that PROGRESS, which restarts the per-packet timeout, cannot extend
+// end of message past EOMTimeout.
 func (c *conn) arm(setDeadline func(time.Time) error, armed *time.Time) error {
 	d := time.Duration(c.timeout.Load())
 	earliest := time.Now().Add(d)
-	if !armed.Before(earliest) && armed.Before(earliest.Add(d/8)) {
+	latest := earliest.Add(d / 8)
+	if c.phase == phaseEndOfMessage && c.eom.deadline.Before(earliest) {
+		earliest, latest = c.eom.deadline, c.eom.deadline
+	}
+	if !armed.Before(earliest) && !armed.After(latest) {
 		return nil
 	}
-	*armed = earliest.Add(d / 8)
+	*armed = latest
 	return setDeadline(*armed)
 }
 
@@ -145,8 +210,17 @@ func (c *conn) flush() error {
 }
 
 // Read hands go-milter at most the rest of the current packet, so that the
-// next 4 bytes it asks for are always a length that Read can check first.
+// next 4 bytes it asks for are always a packet header that Read checks
+// first (see nextPacket).
 func (c *conn) Read(p []byte) (int, error) {
+	n, err := c.read(p)
+	if err != nil && c.phase == phaseEndOfMessage && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(c.eom.deadline) {
+		err = fmt.Errorf("%w (%v): %w", ErrEOMTimeout, c.eom.timeout, err)
+	}
+	return n, err
+}
+
+func (c *conn) read(p []byte) (int, error) {
 	if len(c.fake) > 0 {
 		n := copy(p, c.fake)
 		c.fake = c.fake[n:]
@@ -160,19 +234,16 @@ func (c *conn) Read(p []byte) (int, error) {
 			return 0, err
 		}
 		if len(c.fake) > 0 {
-			return c.Read(p)
+			return c.read(p)
 		}
 	}
 	if c.remaining == 0 {
-		hdr, err := c.r.Peek(4)
-		if err != nil {
+		if err := c.nextPacket(); err != nil {
 			return 0, err
 		}
-		n := binary.BigEndian.Uint32(hdr)
-		if n == 0 || n > c.maxPacket {
-			return 0, fmt.Errorf("%w: %d bytes announced, limit %d", ErrPacketTooLarge, n, c.maxPacket)
+		if len(c.fake) > 0 {
+			return c.read(p)
 		}
-		c.remaining = 4 + n
 	}
 	if uint32(len(p)) > c.remaining {
 		p = p[:c.remaining]
@@ -180,6 +251,161 @@ func (c *conn) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.remaining -= uint32(n)
 	return n, err
+}
+
+// nextPacket checks the header of the milter's next packet, and its code
+// against the phase, before go-milter reads it. It leaves c.remaining set
+// to the packet's size for go-milter to read; or, for a modification at
+// end of message, reads the packet itself and either puts it in c.fake for
+// go-milter (after checking it) or streams a replacement body and goes on
+// to the next packet.
+func (c *conn) nextPacket() error {
+	for {
+		hdr, err := c.r.Peek(4)
+		if err != nil {
+			return err
+		}
+		n := binary.BigEndian.Uint32(hdr)
+		if n == 0 || n > c.maxPacket {
+			return fmt.Errorf("%w: %d bytes announced, limit %d", ErrPacketTooLarge, n, c.maxPacket)
+		}
+		if c.phase == phaseNegotiation {
+			c.remaining = 4 + n
+			return nil
+		}
+		if hdr, err = c.r.Peek(5); err != nil {
+			return err
+		}
+		code := hdr[4]
+		switch {
+		case code == replyProgress && c.phase != phaseEndOfMessage:
+			// Sendmail calls it a "bogus response" too; Postfix accepts
+			// it anywhere, which lets a milter hold a session forever.
+			return fmt.Errorf("%w: PROGRESS in answer to a command other than end of message (libmilter's smfi_progress is only allowed in xxfi_eom)", ErrProtocol)
+		case isVerdict(code) || code == replyProgress:
+		case c.phase == phaseEndOfMessage && modifications[code].name != "":
+			streamed, err := c.modification(code, n-1)
+			if err != nil || !streamed {
+				return err
+			}
+			if err := c.arm(c.Conn.SetReadDeadline, &c.readArmed); err != nil {
+				return err // go-milter arms before each packet it reads, not before those it never sees
+			}
+			continue
+		case modifications[code].name != "":
+			return fmt.Errorf("%w: modification %s (%q) in answer to a command other than end of message", ErrProtocol, modifications[code].name, code)
+		default:
+			return fmt.Errorf("%w: unknown reply code %q", ErrProtocol, code)
+		}
+		c.remaining = 4 + n
+		return nil
+	}
+}
+
+// modification handles one modification packet at end of message, of
+// which only the 5 header bytes have been peeked: it checks that the
+// milter negotiated it and that it fits the budget before reading the
+// payload, then streams a replacement body to the caller's writer
+// (streamed) or reads the packet, checks it and queues it for go-milter.
+func (c *conn) modification(code byte, size uint32) (streamed bool, err error) {
+	m := modifications[code]
+	if c.actions&m.needs == 0 {
+		return false, fmt.Errorf("%w: %s without %s negotiated", ErrProtocol, m.name, m.action)
+	}
+	c.eom.mods++
+	c.eom.bytes += int64(size)
+	if c.eom.mods > c.eom.maxMods {
+		return false, fmt.Errorf("%w: more than %d modifications", ErrOverBudget, c.eom.maxMods)
+	}
+	if c.eom.bytes > c.eom.maxBytes {
+		return false, fmt.Errorf("%w: %d bytes of modifications, limit %d", ErrOverBudget, c.eom.bytes, c.eom.maxBytes)
+	}
+	if code == replyBody && c.eom.body != nil {
+		return true, c.streamBody(size)
+	}
+	pkt := make([]byte, 5+size)
+	if _, err := io.ReadFull(c.r, pkt); err != nil {
+		return false, err
+	}
+	if code == replyBody {
+		if err := checkBody(pkt[5:]); err != nil {
+			return false, err
+		}
+	} else if err := m.checkPayload(pkt[5:]); err != nil {
+		return false, err
+	}
+	c.fake = append(c.fake, pkt...)
+	c.eom.passed++
+	return false, nil
+}
+
+// streamBody copies one SMFIR_REPLBODY payload of size bytes to the
+// caller's writer, in pieces, each checked before it is written.
+func (c *conn) streamBody(size uint32) error {
+	if _, err := c.r.Discard(5); err != nil {
+		return err
+	}
+	if c.eom.bodyAt < 0 {
+		c.eom.bodyAt = c.eom.passed
+	}
+	if c.chunk == nil {
+		c.chunk = make([]byte, 32<<10)
+	}
+	for left := int(size); left > 0; {
+		piece := c.chunk[:min(left, len(c.chunk))]
+		if _, err := io.ReadFull(c.r, piece); err != nil {
+			return err
+		}
+		if err := checkBody(piece); err != nil {
+			return err
+		}
+		if _, err := c.eom.body.Write(piece); err != nil {
+			return &bodyWriteError{err}
+		}
+		left -= len(piece)
+	}
+	return nil
+}
+
+// checkBody refuses a NUL byte in a replacement body: smtpd would cut the
+// line there.
+func checkBody(b []byte) error {
+	if i := bytes.IndexByte(b, 0); i >= 0 {
+		return fmt.Errorf("%w: NUL byte in the replacement body: %s", ErrProtocol, quoteSome(b[max(0, i-16):]))
+	}
+	return nil
+}
+
+// bodyWriteError is the caller's writer failing (the gateway's spill
+// file), not the milter; End fails all the same.
+type bodyWriteError struct{ err error }
+
+func (e *bodyWriteError) Error() string { return "writing the replacement body: " + e.err.Error() }
+func (e *bodyWriteError) Unwrap() error { return e.err }
+
+// quiet fails when the milter has sent anything that no command asked
+// for: a second reply to the last command, or bytes out of turn. Postfix
+// (milter8.c, before each event) treats that as a protocol error rather
+// than take the bytes for the answer to the next command. Call it before
+// each command is written. conn's own fake packets are not the milter's:
+// they are consumed before any command is sent.
+func (c *conn) quiet() error {
+	if n := c.r.Buffered(); n > 0 {
+		b, _ := c.r.Peek(min(n, 64))
+		return fmt.Errorf("%w: the milter sent bytes no command asked for (a second reply, or data out of turn): %s", ErrProtocol, quoteSome(b))
+	}
+	if c.sock == nil {
+		return nil
+	}
+	var buf [64]byte
+	n := 0
+	err := c.sock.Control(func(fd uintptr) {
+		n, _, _ = syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	})
+	if err != nil || n <= 0 {
+		return nil // nothing waiting (EAGAIN), the peer closed or the socket is gone: the write or read reports those
+	}
+	return fmt.Errorf("%w: the milter sent bytes no command asked for (a second reply, or data out of turn): %s", ErrProtocol, quoteSome(buf[:n]))
 }
 
 func (c *conn) readRaw(p []byte) (int, error) {

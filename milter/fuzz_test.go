@@ -10,10 +10,31 @@ import (
 
 // scriptConn is a milter that answers negotiation and then says whatever
 // the fuzzer wants: it reads from a fixed script and ignores what it is
-// sent.
-type scriptConn struct{ r *bytes.Reader }
+// sent. Each Read returns at most the rest of one packet, as a milter
+// that answers each command in turn would: the client would otherwise
+// find the next answers already waiting before each command, and refuse
+// them all as bytes out of turn.
+type scriptConn struct {
+	r    *bytes.Reader
+	left int // bytes left of the packet being read
+}
 
-func (c *scriptConn) Read(p []byte) (int, error)       { return c.r.Read(p) }
+func (c *scriptConn) Read(p []byte) (int, error) {
+	if c.left == 0 {
+		c.left = c.r.Len()
+		var hdr [4]byte
+		if n, _ := c.r.ReadAt(hdr[:], c.r.Size()-int64(c.r.Len())); n == 4 {
+			c.left = min(c.left, 4+int(binary.BigEndian.Uint32(hdr[:])))
+		}
+	}
+	if len(p) > c.left {
+		p = p[:c.left]
+	}
+	n, err := c.r.Read(p)
+	c.left -= n
+	return n, err
+}
+
 func (c *scriptConn) Write(p []byte) (int, error)      { return len(p), nil }
 func (c *scriptConn) Close() error                     { return nil }
 func (c *scriptConn) LocalAddr() net.Addr              { return &net.UnixAddr{} }
@@ -60,7 +81,16 @@ func FuzzReplies(f *testing.F) {
 			func() error { _, err := s.Header("Subject", " x"); return err },
 			func() error { _, err := s.EndOfHeaders(); return err },
 			func() error { _, err := s.Body([]byte("body\r\n")); return err },
-			func() error { _, _, err := s.End(); return err },
+			func() error {
+				var body countingWriter
+				_, mods, err := s.End(&body)
+				for _, m := range mods {
+					if m.Body != nil {
+						t.Errorf("a streamed replacement body came back in the modifications (%d bytes)", len(m.Body))
+					}
+				}
+				return err
+			},
 		}
 		for _, step := range steps {
 			if err := step(); err != nil {
@@ -70,3 +100,8 @@ func FuzzReplies(f *testing.F) {
 		_ = s.Close()
 	})
 }
+
+// countingWriter counts what is written to it and keeps nothing.
+type countingWriter struct{ n int64 }
+
+func (w *countingWriter) Write(p []byte) (int, error) { w.n += int64(len(p)); return len(p), nil }

@@ -15,7 +15,10 @@ import (
 func SetLogger(l *zap.Logger) {
 	log = l
 	djmilter.LogWarning = func(format string, v ...any) {
-		l.Warn("go-milter: " + fmt.Sprintf(format, v...))
+		// go-milter formats the milter's bytes into its text (a macro
+		// list the milter asked for): a field, which zap escapes, keeps
+		// a milter from writing a line of its own into smtpd's log.
+		l.Warn("go-milter warning", zap.String("detail", fmt.Sprintf(format, v...)))
 	}
 }
 

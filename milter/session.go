@@ -2,6 +2,7 @@ package milter
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"time"
@@ -165,6 +166,12 @@ func (c *Client) openOn(nc net.Conn, macros *Macros) (*Session, error) {
 		_ = mc.Close()
 		return nil, fmt.Errorf("milter %s: negotiate: %w", c.Name, err)
 	}
+	mc.phase = phaseReply
+	for bit := djmilter.OptAction(1); bit <= djmilter.OptSetMacros; bit <<= 1 {
+		if dj.ActionOption(bit) {
+			mc.actions |= bit
+		}
+	}
 	return &Session{
 		c:            c,
 		dj:           dj,
@@ -223,6 +230,9 @@ func (s *Session) call(stage string, timeout time.Duration, scope *bool, fn func
 		return continueVerdict, nil
 	}
 	s.conn.setTimeout(timeout)
+	if err := s.conn.quiet(); err != nil {
+		return Verdict{}, s.fail(stage, err)
+	}
 	act, err := fn()
 	if err != nil {
 		return Verdict{}, s.fail(stage, err)
@@ -328,7 +338,19 @@ func (s *Session) SkipBody() bool {
 
 // End sends end of message and collects the modifications and the final
 // verdict. A milter that already decided the message is not asked.
-func (s *Session) End() (Verdict, []Modification, error) {
+//
+// The milter's replacement body, if it sends one, is written to body as it
+// arrives, never held whole: mods then hold one Modification of Kind
+// ReplaceBody, with a nil Body, where the first body chunk came among the
+// other modifications. With a nil body the chunks are returned instead,
+// each as a ReplaceBody Modification whose Body is the chunk (to be
+// concatenated in order). An error from body's Write fails the session.
+//
+// The end of message is bounded by Options.EOMTimeout (ErrEOMTimeout),
+// Options.MaxModifications and Options.MaxModificationBytes
+// (ErrOverBudget); a reply the milter may not send fails it with
+// ErrProtocol.
+func (s *Session) End(body io.Writer) (Verdict, []Modification, error) {
 	if s.broken != nil {
 		return Verdict{}, nil, s.broken
 	}
@@ -346,14 +368,25 @@ func (s *Session) End() (Verdict, []Modification, error) {
 			return v, nil, err
 		}
 	}
-	acts, act, err := s.dj.End()
 	s.txOpen, s.bodySent = false, false
+	if err := s.conn.quiet(); err != nil {
+		return Verdict{}, nil, s.fail("end of message", err)
+	}
+	s.conn.beginEndOfMessage(s.c.opts.EOMTimeout, body, s.c.opts.MaxModifications, s.c.opts.MaxModificationBytes)
+	acts, act, err := s.dj.End()
+	bodyAt := s.conn.endEndOfMessage()
 	if err != nil {
 		return Verdict{}, nil, s.fail("end of message", err)
 	}
-	mods := make([]Modification, 0, len(acts))
-	for _, a := range acts {
+	mods := make([]Modification, 0, len(acts)+1)
+	for i, a := range acts {
+		if i == bodyAt {
+			mods = append(mods, Modification{Kind: ReplaceBody})
+		}
 		mods = append(mods, modificationOf(a, s.leadingSpace))
+	}
+	if bodyAt == len(acts) {
+		mods = append(mods, Modification{Kind: ReplaceBody})
 	}
 	v := verdictOf(act)
 	if v.Kind == Continue {
@@ -375,6 +408,9 @@ func (s *Session) abortIfOpen() error {
 		return nil
 	}
 	s.conn.setTimeout(s.c.opts.CommandTimeout)
+	if err := s.conn.quiet(); err != nil {
+		return s.fail("abort", err)
+	}
 	if err := s.dj.Abort(nil); err != nil {
 		return s.fail("abort", err)
 	}

@@ -67,7 +67,7 @@ func TestSessionWholeTransaction(t *testing.T) {
 	ok(s.Header("X-Tab", "\tvalue"))
 	ok(s.EndOfHeaders())
 	ok(s.Body([]byte("line 1\r\nline 2\r\n")))
-	v, mods, err := s.End()
+	v, mods, err := s.End(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestSessionLeadingSpace(t *testing.T) {
 	ok(s.Data())
 	ok(s.Header("Subject", "  two spaces"))
 	ok(s.EndOfHeaders())
-	_, mods, err := s.End() // an empty body: no chunk before end of message
+	_, mods, err := s.End(nil) // an empty body: no chunk before end of message
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +175,7 @@ func TestSessionAcceptEndsTheMessageWithoutIO(t *testing.T) {
 			t.Errorf("after accept: %v, want continue", v)
 		}
 	}
-	if _, _, err := s.End(); err != nil {
+	if _, _, err := s.End(nil); err != nil {
 		t.Fatal(err)
 	}
 	if d := time.Since(start); d > time.Second {
@@ -378,7 +378,7 @@ func TestSessionProgressRestartsTheTimer(t *testing.T) {
 	ok(s.Rcpt("c@d", nil))
 	ok(s.Data())
 	ok(s.EndOfHeaders())
-	v, _, err := s.End()
+	v, _, err := s.End(nil)
 	if err != nil || v.Kind != milter.Accept {
 		t.Fatalf("End = %v, %v; PROGRESS must restart the timer", v, err)
 	}
@@ -414,7 +414,7 @@ func TestSessionEmptyBodySendsNoBodyPacket(t *testing.T) {
 	ok(s.Data())
 	ok(s.Header("Subject", " x"))
 	ok(s.EndOfHeaders())
-	if v, _, err := s.End(); err != nil || v.Kind != milter.Accept {
+	if v, _, err := s.End(nil); err != nil || v.Kind != milter.Accept {
 		t.Fatalf("End = %v, %v", v, err)
 	}
 	// The session is still in step: a second message works.
