@@ -60,7 +60,7 @@ type conn struct {
 	timeout               atomic.Int64 // nanoseconds; the deadline for the current stage
 	readArmed, writeArmed time.Time    // the deadlines last set on the socket (see arm)
 	maxPacket             uint32
-	remaining             uint32 // bytes left of the packet go-milter is reading
+	remaining             uint32          // bytes left of the packet go-milter is reading
 	raw                   syscall.RawConn // TCP only, for TCP_QUICKACK
 	sock                  syscall.RawConn // any socket, to peek at it (quiet); nil when not a socket
 
