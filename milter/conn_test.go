@@ -1,0 +1,218 @@
+package milter
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// recordingConn is a scripted milter (see scriptConn) that also keeps
+// every byte written to it.
+type recordingConn struct {
+	scriptConn
+	written bytes.Buffer
+}
+
+func (c *recordingConn) Write(p []byte) (int, error) { return c.written.Write(p) }
+
+// packets splits a byte stream into milter packets (code + payload).
+func packets(t *testing.T, b []byte) [][]byte {
+	t.Helper()
+	var out [][]byte
+	for len(b) > 0 {
+		if len(b) < 5 {
+			t.Fatalf("a partial packet on the wire: %q", b)
+		}
+		n := int(binary.BigEndian.Uint32(b))
+		if n == 0 || 4+n > len(b) {
+			t.Fatalf("a bad packet on the wire: %q", b)
+		}
+		out = append(out, b[4:4+n])
+		b = b[4+n:]
+	}
+	return out
+}
+
+func optnegReply(actions, protocol uint32, lists ...[]byte) []byte {
+	data := binary.BigEndian.AppendUint32(nil, 6)
+	data = binary.BigEndian.AppendUint32(data, actions)
+	data = binary.BigEndian.AppendUint32(data, protocol)
+	for _, l := range lists {
+		data = append(data, l...)
+	}
+	return packet('O', data...)
+}
+
+// TestPatchCompleteSymlists pins the rewrite of the negotiation reply:
+// conn reads the milter's reply itself at go-milter's first read, adds the
+// default lists for the stages the milter did not name, and go-milter must
+// then read the rewritten reply, whole, through conn. If go-milter reads
+// the reply any other way, the connect stage goes out without its macros.
+func TestPatchCompleteSymlists(t *testing.T) {
+	eohList := binary.BigEndian.AppendUint32(nil, 6) // SMFIM_EOH
+	eohList = append(eohList, "{daemon_name} i\x00"...)
+	script := optnegReply(0x1ff, 0, eohList)
+	for i := 0; i < 7; i++ { // CONNECT HELO MAIL RCPT DATA HEADER EOH
+		script = append(script, packet('c')...)
+	}
+	nc := &recordingConn{scriptConn: scriptConn{r: bytes.NewReader(script)}}
+	macros := NewMacros()
+	macros.Set(MacroMTAName, "mx.test.example")
+	macros.Set(MacroDaemonName, "smtpd")
+	macros.Set(MacroQueueID, "Q1")
+	s, err := NewClient("pin", Spec{Network: "unix", Address: "pin"}, DefaultOptions).openOn(nc, macros)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.conn.defaults != nil || len(s.conn.fake) != 0 {
+		t.Fatalf("go-milter did not read the rewritten negotiation reply through conn (defaults %v, %d fake bytes left)", s.conn.defaults, len(s.conn.fake))
+	}
+	for _, step := range []func() (Verdict, error){
+		func() (Verdict, error) { return s.Connect("h", FamilyInet, 1, "192.0.2.1") },
+		func() (Verdict, error) { return s.Helo("h") },
+		func() (Verdict, error) { return s.Mail("a@b", nil) },
+		func() (Verdict, error) { return s.Rcpt("c@d", nil) },
+		s.Data,
+		func() (Verdict, error) { return s.Header("Subject", " x") },
+		s.EndOfHeaders,
+	} {
+		if _, err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var macroPackets []string
+	for _, p := range packets(t, nc.written.Bytes()) {
+		if p[0] == 'D' {
+			macroPackets = append(macroPackets, string(p[1:]))
+		}
+	}
+	want := []string{
+		"Cj\x00mx.test.example\x00{daemon_name}\x00smtpd\x00", // the default connect list, added by conn
+		"N{daemon_name}\x00smtpd\x00i\x00Q1\x00",              // the milter's own EOH list
+	}
+	for _, w := range want {
+		found := false
+		for _, m := range macroPackets {
+			found = found || m == w
+		}
+		if !found {
+			t.Errorf("macro packets %q lack %q", macroPackets, w)
+		}
+	}
+}
+
+// TestPatchSwallowedEmptyBody pins the empty-body patch: go-milter must
+// write an empty BODY as one Write of exactly its 5 header bytes, which
+// conn drops, and then read exactly one reply, which conn fakes (unless
+// the milter negotiated no reply to BODY). If go-milter writes it another
+// way, a BODY packet reaches the milter; if it reads no reply or a second
+// one, the faked CONTINUE is left over or the milter's end-of-message
+// answer is taken for the body's.
+func TestPatchSwallowedEmptyBody(t *testing.T) {
+	for name, protocol := range map[string]uint32{"reply to body": 0, "no reply to body": 0x80000 /* SMFIP_NR_BODY */} {
+		t.Run(name, func(t *testing.T) {
+			script := optnegReply(0x1ff, protocol)
+			for i := 0; i < 6; i++ { // CONNECT HELO MAIL RCPT DATA EOH
+				script = append(script, packet('c')...)
+			}
+			script = append(script, packet('y', []byte("550 5.7.1 pinned\x00")...)...)
+			nc := &recordingConn{scriptConn: scriptConn{r: bytes.NewReader(script)}}
+			s, err := NewClient("pin", Spec{Network: "unix", Address: "pin"}, DefaultOptions).openOn(nc, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, step := range []func() (Verdict, error){
+				func() (Verdict, error) { return s.Connect("h", FamilyInet, 1, "192.0.2.1") },
+				func() (Verdict, error) { return s.Helo("h") },
+				func() (Verdict, error) { return s.Mail("a@b", nil) },
+				func() (Verdict, error) { return s.Rcpt("c@d", nil) },
+				s.Data,
+				s.EndOfHeaders,
+			} {
+				if _, err := step(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			v, _, err := s.End(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.Kind != Reject || v.Reply != "550 5.7.1 pinned" {
+				t.Errorf("End = %v: the milter's end-of-message reply was not the answer to end of message", v)
+			}
+			if len(s.conn.fake) != 0 || s.conn.swallowEmptyBody {
+				t.Errorf("%d faked bytes left, swallow still armed %v", len(s.conn.fake), s.conn.swallowEmptyBody)
+			}
+			var codes []byte
+			for _, p := range packets(t, nc.written.Bytes()) {
+				codes = append(codes, p[0])
+			}
+			if string(codes) != "OCHMRTNE" {
+				t.Errorf("commands on the wire %q, want %q (no BODY)", codes, "OCHMRTNE")
+			}
+		})
+	}
+}
+
+// TestQuietSeesTheSocket checks both places the milter's unasked-for
+// bytes can wait before a command: conn's read buffer and the socket
+// itself, for TCP and unix sockets, without consuming them.
+func TestQuietSeesTheSocket(t *testing.T) {
+	for _, network := range []string{"tcp4", "unix"} {
+		t.Run(network, func(t *testing.T) {
+			addr := "127.0.0.1:0"
+			if network == "unix" {
+				dir, err := os.MkdirTemp("", "mt")
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { _ = os.RemoveAll(dir) })
+				addr = filepath.Join(dir, "s")
+			}
+			ln, err := net.Listen(network, addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			client, err := net.Dial(network, ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer client.Close()
+			server, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer server.Close()
+			c := newConn(client, time.Second, 1<<20)
+			c.phase = phaseReply
+			if err := c.quiet(); err != nil {
+				t.Fatalf("quiet on a silent socket: %v", err)
+			}
+			if _, err := server.Write([]byte("\x00\x00\x00\x01c\r\nforged")); err != nil {
+				t.Fatal(err)
+			}
+			// Poll until the bytes have crossed the loopback.
+			deadline := time.Now().Add(10 * time.Second)
+			for err = c.quiet(); err == nil && time.Now().Before(deadline); err = c.quiet() {
+				time.Sleep(time.Millisecond)
+			}
+			if !errors.Is(err, ErrProtocol) || !strings.Contains(err.Error(), `"\x00\x00\x00\x01c\r\nforged"`) {
+				t.Fatalf("quiet = %v, want a protocol error quoting the bytes", err)
+			}
+			// Peeking did not consume them: the read buffer sees them too.
+			if _, err := c.r.Peek(1); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.quiet(); !errors.Is(err, ErrProtocol) || c.r.Buffered() != 13 {
+				t.Fatalf("quiet = %v with %d bytes buffered, want a protocol error over all 13", err, c.r.Buffered())
+			}
+		})
+	}
+}
