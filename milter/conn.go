@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	djmilter "github.com/d--j/go-milter"
 )
@@ -68,6 +69,11 @@ type conn struct {
 	actions djmilter.OptAction // negotiated: the modifications the milter may send
 	eom     endOfMessage
 	chunk   []byte // the buffer replacement body packets are copied through
+
+	// quiet's peek at the socket.
+	peekSocket func(fd uintptr)
+	peeked     [64]byte
+	npeeked    int
 
 	// An empty body is sent as no BODY packet at all (Postfix and
 	// Sendmail; opendkim drops the connection on an empty one), but
@@ -397,15 +403,24 @@ func (c *conn) quiet() error {
 	if c.sock == nil {
 		return nil
 	}
-	var buf [64]byte
-	n := 0
-	err := c.sock.Control(func(fd uintptr) {
-		n, _, _ = syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	})
-	if err != nil || n <= 0 {
+	if c.peekSocket == nil {
+		// Made once: a closure per command would be an allocation per command.
+		c.peekSocket = func(fd uintptr) {
+			// recv(2) with MSG_PEEK|MSG_DONTWAIT, straight: syscall.Recvfrom
+			// allocates a socket address per call.
+			n, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.peeked[0])), uintptr(len(c.peeked)),
+				syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+			c.npeeked = int(n)
+			if errno != 0 {
+				c.npeeked = 0
+			}
+		}
+	}
+	c.npeeked = 0
+	if err := c.sock.Control(c.peekSocket); err != nil || c.npeeked <= 0 {
 		return nil // nothing waiting (EAGAIN), the peer closed or the socket is gone: the write or read reports those
 	}
-	return fmt.Errorf("%w: the milter sent bytes no command asked for (a second reply, or data out of turn): %s", ErrProtocol, quoteSome(buf[:n]))
+	return fmt.Errorf("%w: the milter sent bytes no command asked for (a second reply, or data out of turn): %s", ErrProtocol, quoteSome(c.peeked[:c.npeeked]))
 }
 
 func (c *conn) readRaw(p []byte) (int, error) {
