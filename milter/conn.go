@@ -53,7 +53,8 @@ var ErrPacketTooLarge = errors.New("milter packet length out of range")
 //
 // On TCP it also re-arms TCP_QUICKACK before each read: libmilter writes each
 // end-of-message modification as its own small packet, and without quick
-// ACKs the second one waits ~40 ms for the delayed ACK (shared/docs/peers.md).
+// ACKs the second one waits ~40 ms for the delayed ACK (Linux's
+// TCP_DELACK_MIN, with Nagle on the milter's side).
 type conn struct {
 	net.Conn
 	r                     *bufio.Reader

@@ -22,8 +22,8 @@ import (
 //
 // go-milter keeps the macro lists a milter asks for in negotiation to
 // itself, so Negotiate does the OPTNEG exchange on its own socket (12
-// bytes out, 12 bytes and the optional lists back; shared/docs
-// milter-client.md §1.4) and then quits, checking the reply exactly as
+// bytes out, 12 bytes and the optional lists back; libmilter's engine.c
+// st_optionneg) and then quits, checking the reply exactly as
 // go-milter's ClientSession does when the gateway opens a session.
 
 // Wire constants of the negotiation (mfdef.h).

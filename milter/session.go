@@ -127,7 +127,8 @@ func (d connDialer) Dial(string, string) (net.Conn, error) { return d.c, nil }
 // After a final verdict (accept anywhere; reject, tempfail or discard
 // anywhere but RCPT) libmilter ignores further message events without
 // answering, so a client that keeps sending hangs until its timeout
-// (shared/docs/milter-client.md §1.8). Session therefore remembers the
+// (libmilter's engine.c: next_states and trans_ok send it back to the
+// HELO state). Session therefore remembers the
 // scope a verdict closed and answers later events of that scope itself,
 // without I/O.
 type Session struct {
