@@ -24,7 +24,7 @@ import (
 // (go-milter itself accepts up to 512 MiB and panics on a zero length).
 var ErrPacketTooLarge = errors.New("milter packet length out of range")
 
-// conn is the net.Conn that go-milter talks through. It does three things
+// conn is the net.Conn that go-milter talks through. It does what
 // the library cannot:
 //
 //   - Timeouts per stage. go-milter sets one fixed read deadline per packet;
@@ -167,8 +167,11 @@ func (c *conn) arm(setDeadline func(time.Time) error, armed *time.Time) error {
 	d := time.Duration(c.timeout.Load())
 	earliest := time.Now().Add(d)
 	latest := earliest.Add(d / 8)
-	if c.phase == phaseEndOfMessage && c.eom.deadline.Before(earliest) {
-		earliest, latest = c.eom.deadline, c.eom.deadline
+	if c.phase == phaseEndOfMessage && c.eom.deadline.Before(latest) {
+		latest = c.eom.deadline
+		if latest.Before(earliest) {
+			earliest = latest
+		}
 	}
 	if !armed.Before(earliest) && !armed.After(latest) {
 		return nil
