@@ -82,7 +82,7 @@ const (
 	AddHeader    ModKind = iota + 1 // append Name: Value after the last header
 	InsertHeader                    // insert Name: Value at 0-based global Index
 	ChangeHeader                    // change the Index-th (1-based) Name header; empty Value deletes it
-	ReplaceBody                     // a chunk of the new body; chunks concatenate in order
+	ReplaceBody                     // the milter replaced the body: streamed to End's writer, or (no writer) one chunk in Body, chunks concatenating in order
 	AddRcpt                         // add Addr (with ESMTP Args) to the envelope
 	DelRcpt                         // remove Addr from the envelope
 	ChangeFrom                      // replace the envelope sender with Addr (and Args)
@@ -121,7 +121,7 @@ type Modification struct {
 	// are separated by LF, as milters send them.
 	Value  string
 	Index  int
-	Body   []byte
+	Body   []byte // a ReplaceBody chunk when End had no writer; nil when the body went to the writer
 	Addr   string // with its angle brackets, as the milter sent it
 	Args   string
 	Reason string
