@@ -187,7 +187,7 @@ func TestProgressAtMailIsAProtocolError(t *testing.T) {
 	mustFailWith(t, err, milter.ErrProtocol, "PROGRESS")
 }
 
-func TestProgressForeverEndsAtTheEOMTimeout(t *testing.T) {
+func TestProgressThenSilenceEndsAtTheEOMTimeout(t *testing.T) {
 	spec := scriptedMilter(t, 0, 0, func(cmd byte, _ []byte) []byte {
 		switch cmd {
 		case 'D', 'A', 'Q':
