@@ -227,6 +227,11 @@ func (s *session) request(r protocol.Request) {
 // send answers a filter request.
 // The answer goes out at once, after the lines queued before it.
 func (s *session) send(r protocol.Request, a answer) {
+	if len(a.reply) > protocol.MaxParam && protocol.ValidReply(a.reply) {
+		// A reply of filter-milter's own: milters' are cut in refuse.
+		s.replyCut("", a.reply)
+		a.reply, _ = fitReply(a.reply)
+	}
 	s.out = growBuf(s.out, 64+len(r.Session)+len(r.Token)+len(a.reply))
 	var err error
 	s.out, err = protocol.AppendResult(s.out, s.layout, r.Session, r.Token, a.decision, a.reply)
@@ -281,14 +286,25 @@ func (s *session) each(stage string, connScope bool, c call) answer {
 // filter protocol cannot carry gets the default action, as any other
 // protocol error of a milter does.
 func (s *session) refuse(sl *slot, stage string, v milter.Verdict) answer {
-	a, err := refusal(v)
+	a, long, err := refusal(v)
 	if err != nil {
 		s.log.Warn("invalid reply from milter; applying the default action", zap.String("milter", sl.name()),
-			zap.String("stage", stage), zap.Error(err), zap.Stringer("default_action", sl.action))
+			zap.String("stage", stage), zap.Stringer("verdict", v.Kind), zap.String("reply", logText(v.Reply)),
+			zap.NamedError("reason", err), zap.Stringer("default_action", sl.action))
 		return sl.action.failure()
+	}
+	if long != "" {
+		s.replyCut(sl.name(), long)
 	}
 	s.log.Info("milter refused", zap.String("milter", sl.name()), zap.String("stage", stage), zap.String("reply", a.reply))
 	return a
+}
+
+// replyCut logs a reply that was cut to fit smtpd (fitReply); milter is
+// "" for a reply filter-milter made itself.
+func (s *session) replyCut(milter, long string) {
+	s.log.Warn("reply too long for smtpd; cut at a word boundary", zap.String("milter", milter),
+		zap.Int("length", len(long)), zap.Int("limit", protocol.MaxParam), zap.String("reply", logText(long)))
 }
 
 // milterFailed takes a milter that failed out of the session and applies
