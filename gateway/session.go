@@ -1,9 +1,11 @@
 package gateway
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -57,6 +59,57 @@ type session struct {
 	// change the message, cleared when the message is dropped.
 	readerEcho atomic.Bool
 	echoed     bool // the item being handled was written back by the reader
+
+	// gone: smtpd is done with the session (link-disconnect, reaping,
+	// shutdown past its timeout); set from other goroutines by interrupt.
+	// No milter call starts after it. What the session still answers is
+	// harmless: smtpd drops a filter's lines for a session it has ended
+	// (lka_filter.c, lka_filter_process_response: "session can
+	// legitimately disappear").
+	gone atomic.Bool
+	// callMu guards inCall, the milter session a call is waiting on, so
+	// that interrupt can close its socket.
+	callMu sync.Mutex
+	inCall *milter.Session
+}
+
+// errInterrupted is the error of a milter call cut short, or never made,
+// because the session is gone: no fault of the milter's.
+var errInterrupted = errors.New("session gone; milter call interrupted")
+
+// interrupt marks the session as gone and closes the socket of a milter
+// call in flight, so that the session's goroutine, which may be waiting
+// on a milter that never answers or sends PROGRESS for ever, gets on at
+// once to the link-disconnect or shutdown queued for it. Milters it is not
+// waiting on are left to that goroutine, which ends them with QUIT as
+// libmilter expects. Safe from any goroutine.
+func (s *session) interrupt() {
+	s.callMu.Lock()
+	defer s.callMu.Unlock()
+	s.gone.Store(true)
+	if s.inCall != nil {
+		s.inCall.Interrupt()
+	}
+}
+
+// calling runs f, a call on the milter session m, where interrupt can
+// reach it.
+func (s *session) calling(m *milter.Session, f func() (milter.Verdict, error)) (milter.Verdict, error) {
+	s.callMu.Lock()
+	if s.gone.Load() {
+		s.callMu.Unlock()
+		return milter.Verdict{}, errInterrupted
+	}
+	s.inCall = m
+	s.callMu.Unlock()
+	v, err := f()
+	s.callMu.Lock()
+	s.inCall = nil
+	s.callMu.Unlock()
+	if err != nil && s.gone.Load() {
+		err = fmt.Errorf("%w: %w", errInterrupted, err)
+	}
+	return v, err
 }
 
 func (g *Gateway) newSession(id string) *session {
@@ -312,6 +365,13 @@ func (s *session) replyCut(milter, long string) {
 // this and every later request of the session, as Postfix's sticky default
 // reply does.
 func (s *session) milterFailed(sl *slot, err error) (answer, bool) {
+	if errors.Is(err, errInterrupted) {
+		// Not the milter's fault, and no one to answer: the session ends
+		// with the line queued for it. The other milters get QUIT now.
+		s.log.Debug("milter call interrupted: the session is gone", zap.String("milter", sl.name()), zap.Error(err))
+		s.closeMilters()
+		return proceed, true
+	}
 	if sl.m != nil {
 		_ = sl.m.Close()
 		sl.m = nil
@@ -349,6 +409,9 @@ func (s *session) openMilters() (answer, bool) {
 			sl.action, _ = ParseAction(p.Config.DefaultAction)
 		}
 		s.milters[i] = sl
+		if s.gone.Load() {
+			continue // nothing to open for a session smtpd is done with
+		}
 		m, err := p.Open(s.macros)
 		if err != nil {
 			s.g.cfg.Observer.MilterError(s.id, p.Name(), "open", err)
@@ -659,6 +722,9 @@ func (s *session) messageTo(sl *slot, m *milter.Session) (milter.Verdict, []milt
 func (s *session) observe(sl *slot, stage string, f func() (milter.Verdict, error)) (milter.Verdict, error) {
 	start := time.Now()
 	v, err := f()
+	if err != nil && s.gone.Load() {
+		return v, err // interrupted: not the milter's error
+	}
 	if err != nil {
 		s.g.cfg.Observer.MilterError(s.id, sl.name(), stage, err)
 	} else {
