@@ -108,7 +108,7 @@ const MaxParam = 512 - len("\r\n")
 // client.
 func AppendResult(dst []byte, l compat.Layout, session, token string, d Decision, param string) ([]byte, error) {
 	if len(param) > MaxParam {
-		return dst, errors.New("protocol: " + string(d) + " parameter of " + strconv.Itoa(len(param)) +
+		return dst, errors.New("protocol: " + quoteParam(string(d)) + " parameter of " + strconv.Itoa(len(param)) +
 			" bytes is over the limit of " + strconv.Itoa(MaxParam) + ": " + quoteParam(param))
 	}
 	switch d {
