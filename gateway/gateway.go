@@ -264,11 +264,16 @@ func (g *Gateway) register() {
 
 // dispatch queues a line for its session, starting the session on its
 // first line. Only Run's goroutine calls it; the session is woken at the
-// next read of stdin (wakeQueued).
+// next read of stdin (wakeQueued). The last line, link-disconnect, also
+// interrupts a milter call the session may be stuck in, so that it
+// handles the line at once rather than when the milter answers.
 func (g *Gateway) dispatch(id string, l *protocol.Line, last bool) {
 	s := g.sessionFor(id, last)
 	lc := *l
 	g.queue(s, item{line: &lc})
+	if last {
+		s.interrupt()
+	}
 }
 
 // dispatchDataLine is dispatch for a data line cut in place: the session is
@@ -388,6 +393,7 @@ func (g *Gateway) reap(now time.Time) {
 			s.log.Warn("freeing a session smtpd has been silent about for longer than its session timeout",
 				zap.Duration("smtp_session_timeout", g.idleTimeout))
 			s.q.push(shutdown)
+			s.interrupt()
 			delete(g.sessions, id)
 		}
 	}
@@ -422,8 +428,10 @@ func (g *Gateway) stop(err error) error {
 func (g *Gateway) stopSessions(err error) error {
 	g.mu.Lock()
 	out := g.out
+	var ending []*session
 	for id, s := range g.sessions {
 		s.q.push(shutdown)
+		ending = append(ending, s)
 		delete(g.sessions, id)
 	}
 	g.mu.Unlock()
@@ -432,8 +440,14 @@ func (g *Gateway) stopSessions(err error) error {
 	select {
 	case <-done:
 	case <-time.After(g.cfg.ShutdownTimeout):
-		g.log.Warn("sessions still busy at shutdown; leaving them", zap.Int("sessions", g.Sessions()),
+		// Sessions that smtpd ended before (link-disconnect, reaping)
+		// were interrupted then; these are the ones still in a milter
+		// call. Their milter sockets are closed now, not left open.
+		g.log.Warn("sessions still busy at shutdown; interrupting them", zap.Int("sessions", g.Sessions()),
 			zap.Duration("shutdown_timeout", g.cfg.ShutdownTimeout))
+		for _, s := range ending {
+			s.interrupt()
+		}
 	}
 	var werr error
 	if out != nil {

@@ -31,9 +31,14 @@ type pipe struct {
 
 func startGateway(t *testing.T, action Action, specs ...string) *pipe {
 	t.Helper()
-	var clients []*milter.Pool
 	opts := milter.DefaultOptions
 	opts.ConnectTimeout, opts.CommandTimeout, opts.ContentTimeout = 2*time.Second, 2*time.Second, 2*time.Second
+	return startGatewayWith(t, action, opts, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), specs...)
+}
+
+func startGatewayWith(t *testing.T, action Action, opts milter.Options, log *zap.Logger, specs ...string) *pipe {
+	t.Helper()
+	var clients []*milter.Pool
 	for _, s := range specs {
 		c, err := milter.ParseConfig(s, opts)
 		if err != nil {
@@ -41,7 +46,7 @@ func startGateway(t *testing.T, action Action, specs ...string) *pipe {
 		}
 		clients = append(clients, milter.NewPool(c))
 	}
-	g := New(Config{Milters: clients, DefaultAction: action, Log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel))})
+	g := New(Config{Milters: clients, DefaultAction: action, Log: log})
 	inR, inW := io.Pipe()
 	// A kernel pipe, as smtpd's socketpair is buffered: smtpd never waits
 	// to write a line until the filter's answers have been read, and the

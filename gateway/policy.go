@@ -1,8 +1,10 @@
 package gateway
 
 import (
+	"errors"
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/filter-milter/filter-milter/milter"
 	"github.com/filter-milter/filter-milter/protocol"
@@ -104,19 +106,69 @@ func (a Action) failure() answer {
 
 // refusal turns a milter's reject or tempfail into a filter-result. The
 // filter protocol carries one reply line, so a multi-line reply (libmilter's
-// smfi_setmlreply) is joined into one. A reply smtpd would not take (it
-// turns an invalid reply into "421 Internal server error" and disconnects)
-// is an error. 421 means "reply and close", as in Sendmail and Postfix,
-// which is smtpd's disconnect.
-func refusal(v milter.Verdict) (answer, error) {
+// smfi_setmlreply) is joined into one, and a line longer than smtpd takes
+// is cut (fitReply); long is the joined reply when it was cut, for the log.
+// A reply smtpd would not take (it turns an invalid reply into "421
+// Internal server error" and disconnects) is errInvalidReply. 421 means
+// "reply and close", as in Sendmail and Postfix, which is smtpd's
+// disconnect.
+func refusal(v milter.Verdict) (a answer, long string, err error) {
 	reply := oneLine(v.Reply)
 	if !protocol.ValidReply(reply) || (v.Kind == milter.Reject) != (reply[0] == '5') {
-		return answer{}, fmt.Errorf("milter reply %q is not a valid %s reply", v.Reply, v.Kind)
+		return answer{}, "", errInvalidReply
+	}
+	if cut, ok := fitReply(reply); ok {
+		long, reply = reply, cut
 	}
 	if strings.HasPrefix(reply, "421") {
-		return answer{protocol.Disconnect, reply}, nil
+		return answer{protocol.Disconnect, reply}, long, nil
 	}
-	return answer{protocol.Reject, reply}, nil
+	return answer{protocol.Reject, reply}, long, nil
+}
+
+var errInvalidReply = errors.New("not a one-line 4xx (tempfail) or 5xx (reject) SMTP reply")
+
+// fitReply cuts a valid reply longer than protocol.MaxParam, the longest
+// smtpd 6.8 to 7.8 and RFC 5321 take (see there), to that length: the code
+// and the enhanced code stay, and the text is cut after its last whole
+// word that fits, or, for a single word longer than the room, at the last
+// UTF-8 character boundary that fits. cut reports whether it did.
+func fitReply(reply string) (_ string, cut bool) {
+	if len(reply) <= protocol.MaxParam {
+		return reply, false
+	}
+	head, text := reply[:4], reply[4:] // "550 ": ValidReply checked it
+	if i := strings.IndexByte(text, ' '); i > 0 && isEnhancedCode(text[:i]) {
+		head, text = reply[:4+i+1], text[i+1:]
+	}
+	room := protocol.MaxParam - len(head)
+	// A blank just past the room ends a word that fits whole.
+	kept := ""
+	if i := strings.LastIndexAny(text[:room+1], " \t"); i > 0 {
+		kept = strings.TrimRight(text[:i], " \t")
+	}
+	if kept == "" {
+		n := room
+		for n > 0 && !utf8.RuneStart(text[n]) {
+			n--
+		}
+		kept = text[:n]
+	}
+	return head + kept, true
+}
+
+// logText bounds a peer's text for a log field: the field is escaped, and
+// a reply of many kilobytes would make one log line of them.
+func logText(s string) string {
+	const max = 1024
+	if len(s) <= max {
+		return s
+	}
+	n := max
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "..."
 }
 
 // oneLine joins "550-5.7.1 one\r\n550 5.7.1 two" into "550 5.7.1 one two":

@@ -1,9 +1,11 @@
 package gateway
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -57,6 +59,57 @@ type session struct {
 	// change the message, cleared when the message is dropped.
 	readerEcho atomic.Bool
 	echoed     bool // the item being handled was written back by the reader
+
+	// gone: smtpd is done with the session (link-disconnect, reaping,
+	// shutdown past its timeout); set from other goroutines by interrupt.
+	// No milter call starts after it. What the session still answers is
+	// harmless: smtpd drops a filter's lines for a session it has ended
+	// (lka_filter.c, lka_filter_process_response: "session can
+	// legitimately disappear").
+	gone atomic.Bool
+	// callMu guards inCall, the milter session a call is waiting on, so
+	// that interrupt can close its socket.
+	callMu sync.Mutex
+	inCall *milter.Session
+}
+
+// errInterrupted is the error of a milter call cut short, or never made,
+// because the session is gone: no fault of the milter's.
+var errInterrupted = errors.New("session gone; milter call interrupted")
+
+// interrupt marks the session as gone and closes the socket of a milter
+// call in flight, so that the session's goroutine, which may be waiting
+// on a milter that never answers or sends PROGRESS for ever, gets on at
+// once to the link-disconnect or shutdown queued for it. Milters it is not
+// waiting on are left to that goroutine, which ends them with QUIT as
+// libmilter expects. Safe from any goroutine.
+func (s *session) interrupt() {
+	s.callMu.Lock()
+	defer s.callMu.Unlock()
+	s.gone.Store(true)
+	if s.inCall != nil {
+		s.inCall.Interrupt()
+	}
+}
+
+// calling runs f, a call on the milter session m, where interrupt can
+// reach it.
+func (s *session) calling(m *milter.Session, f func() (milter.Verdict, error)) (milter.Verdict, error) {
+	s.callMu.Lock()
+	if s.gone.Load() {
+		s.callMu.Unlock()
+		return milter.Verdict{}, errInterrupted
+	}
+	s.inCall = m
+	s.callMu.Unlock()
+	v, err := f()
+	s.callMu.Lock()
+	s.inCall = nil
+	s.callMu.Unlock()
+	if err != nil && s.gone.Load() {
+		err = fmt.Errorf("%w: %w", errInterrupted, err)
+	}
+	return v, err
 }
 
 func (g *Gateway) newSession(id string) *session {
@@ -227,6 +280,11 @@ func (s *session) request(r protocol.Request) {
 // send answers a filter request.
 // The answer goes out at once, after the lines queued before it.
 func (s *session) send(r protocol.Request, a answer) {
+	if len(a.reply) > protocol.MaxParam && protocol.ValidReply(a.reply) {
+		// A reply of filter-milter's own: milters' are cut in refuse.
+		s.replyCut("", a.reply)
+		a.reply, _ = fitReply(a.reply)
+	}
 	s.out = growBuf(s.out, 64+len(r.Session)+len(r.Token)+len(a.reply))
 	var err error
 	s.out, err = protocol.AppendResult(s.out, s.layout, r.Session, r.Token, a.decision, a.reply)
@@ -281,14 +339,25 @@ func (s *session) each(stage string, connScope bool, c call) answer {
 // filter protocol cannot carry gets the default action, as any other
 // protocol error of a milter does.
 func (s *session) refuse(sl *slot, stage string, v milter.Verdict) answer {
-	a, err := refusal(v)
+	a, long, err := refusal(v)
 	if err != nil {
 		s.log.Warn("invalid reply from milter; applying the default action", zap.String("milter", sl.name()),
-			zap.String("stage", stage), zap.Error(err), zap.Stringer("default_action", sl.action))
+			zap.String("stage", stage), zap.Stringer("verdict", v.Kind), zap.String("reply", logText(v.Reply)),
+			zap.NamedError("reason", err), zap.Stringer("default_action", sl.action))
 		return sl.action.failure()
+	}
+	if long != "" {
+		s.replyCut(sl.name(), long)
 	}
 	s.log.Info("milter refused", zap.String("milter", sl.name()), zap.String("stage", stage), zap.String("reply", a.reply))
 	return a
+}
+
+// replyCut logs a reply that was cut to fit smtpd (fitReply); milter is
+// "" for a reply filter-milter made itself.
+func (s *session) replyCut(milter, long string) {
+	s.log.Warn("reply too long for smtpd; cut at a word boundary", zap.String("milter", milter),
+		zap.Int("length", len(long)), zap.Int("limit", protocol.MaxParam), zap.String("reply", logText(long)))
 }
 
 // milterFailed takes a milter that failed out of the session and applies
@@ -296,6 +365,13 @@ func (s *session) refuse(sl *slot, stage string, v milter.Verdict) answer {
 // this and every later request of the session, as Postfix's sticky default
 // reply does.
 func (s *session) milterFailed(sl *slot, err error) (answer, bool) {
+	if errors.Is(err, errInterrupted) {
+		// Not the milter's fault, and no one to answer: the session ends
+		// with the line queued for it. The other milters get QUIT now.
+		s.log.Debug("milter call interrupted: the session is gone", zap.String("milter", sl.name()), zap.Error(err))
+		s.closeMilters()
+		return proceed, true
+	}
 	if sl.m != nil {
 		_ = sl.m.Close()
 		sl.m = nil
@@ -333,6 +409,9 @@ func (s *session) openMilters() (answer, bool) {
 			sl.action, _ = ParseAction(p.Config.DefaultAction)
 		}
 		s.milters[i] = sl
+		if s.gone.Load() {
+			continue // nothing to open for a session smtpd is done with
+		}
 		m, err := p.Open(s.macros)
 		if err != nil {
 			s.g.cfg.Observer.MilterError(s.id, p.Name(), "open", err)
@@ -643,6 +722,9 @@ func (s *session) messageTo(sl *slot, m *milter.Session) (milter.Verdict, []milt
 func (s *session) observe(sl *slot, stage string, f func() (milter.Verdict, error)) (milter.Verdict, error) {
 	start := time.Now()
 	v, err := f()
+	if err != nil && s.gone.Load() {
+		return v, err // interrupted: not the milter's error
+	}
 	if err != nil {
 		s.g.cfg.Observer.MilterError(s.id, sl.name(), stage, err)
 	} else {

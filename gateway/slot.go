@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"fmt"
 
 	"go.uber.org/zap"
@@ -38,8 +39,9 @@ func (s *session) do(sl *slot, stage string, c call, record bool) (milter.Verdic
 			return s.observe(sl, stage, func() (milter.Verdict, error) { return c(m) })
 		}
 	}
-	v, err := timed(sl.m)
-	for tries := 1; err != nil && tries < sl.pool.Size(); tries++ {
+	m := sl.m
+	v, err := s.calling(m, func() (milter.Verdict, error) { return timed(m) })
+	for tries := 1; err != nil && !errors.Is(err, errInterrupted) && tries < sl.pool.Size(); tries++ {
 		s.log.Warn("milter endpoint failed; moving the session to another endpoint",
 			zap.String("milter", sl.name()), zap.String("endpoint", sl.m.Endpoint()), zap.String("stage", stage), zap.Error(err))
 		next, oerr := sl.pool.OpenOther(sl.m, s.macros)
@@ -49,10 +51,10 @@ func (s *session) do(sl *slot, stage string, c call, record bool) (milter.Verdic
 		}
 		_ = sl.m.Close()
 		sl.m = next
-		if err = s.replay(sl); err != nil {
+		if _, err = s.calling(next, func() (milter.Verdict, error) { return milter.Verdict{}, s.replay(sl) }); err != nil {
 			continue
 		}
-		v, err = timed(sl.m)
+		v, err = s.calling(next, func() (milter.Verdict, error) { return timed(next) })
 	}
 	if err == nil && record && v.Kind == milter.Continue {
 		if stage == "connect" || stage == "helo" || stage == "ehlo" {

@@ -24,8 +24,10 @@ type Config struct {
 //	inet:10.0.0.1:11332,inet:10.0.0.2:11332{content_timeout=2m}
 //
 // Settings: default_action (tempfail, accept, reject), connect_timeout,
-// command_timeout, content_timeout (Go durations, or seconds as Postfix
-// writes them) and protocol (2 to 6). base supplies the settings not given.
+// command_timeout, content_timeout, eom_timeout (Go durations, or seconds
+// as Postfix writes them), protocol (2 to 6), max_modifications (a count)
+// and max_modification_bytes (bytes, with K, M or G for KiB, MiB, GiB).
+// base supplies the settings not given.
 func ParseConfig(s string, base Options) (Config, error) {
 	c := Config{Name: s, Options: base}
 	endpoints, settings := s, ""
@@ -66,6 +68,14 @@ func ParseConfig(s string, base Options) (Config, error) {
 			c.Options.CommandTimeout, err = duration(v)
 		case "content_timeout":
 			c.Options.ContentTimeout, err = duration(v)
+		case "eom_timeout":
+			c.Options.EOMTimeout, err = duration(v)
+		case "max_modifications":
+			var n int64
+			n, err = ParseSize(v, 1<<31-1)
+			c.Options.MaxModifications = int(n)
+		case "max_modification_bytes":
+			c.Options.MaxModificationBytes, err = ParseSize(v, 1<<62)
 		case "protocol":
 			var n int
 			n, err = strconv.Atoi(v)
@@ -74,7 +84,7 @@ func ParseConfig(s string, base Options) (Config, error) {
 			}
 			c.Options.Version = uint32(n)
 		default:
-			err = fmt.Errorf("unknown setting (want default_action, connect_timeout, command_timeout, content_timeout or protocol)")
+			err = fmt.Errorf("unknown setting (want default_action, connect_timeout, command_timeout, content_timeout, eom_timeout, protocol, max_modifications or max_modification_bytes)")
 		}
 		if err != nil {
 			return c, fmt.Errorf("milter %q: %s=%s: %v", s, k, v, err)
@@ -96,4 +106,29 @@ func duration(v string) (time.Duration, error) {
 		err = fmt.Errorf("must be positive")
 	}
 	return d, err
+}
+
+// ParseSize reads a positive number of at most max, written plain or with
+// a binary suffix: 512K, 64M, 64MiB, 1G.
+func ParseSize(v string, max int64) (int64, error) {
+	s := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSpace(v), "iB"), "B")
+	mult := int64(1)
+	if s != "" {
+		switch s[len(s)-1] {
+		case 'k', 'K':
+			mult = 1 << 10
+		case 'm', 'M':
+			mult = 1 << 20
+		case 'g', 'G':
+			mult = 1 << 30
+		}
+		if mult > 1 {
+			s = s[:len(s)-1]
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	if err != nil || n <= 0 || n > max/mult {
+		return 0, fmt.Errorf("want a positive number up to %d, with K, M or G for KiB, MiB or GiB", max)
+	}
+	return n * mult, nil
 }

@@ -66,6 +66,31 @@ func appendIDs(dst []byte, l compat.Layout, session, token string) []byte {
 	return append(dst, '|')
 }
 
+// MaxParam is the longest parameter of a filter-result line, reply or
+// rewrite, that filter-milter writes, in bytes: the longest SMTP reply
+// line RFC 5321 allows (4.5.3.1.5: 512 octets with the code and the CRLF),
+// which also fits every step of every supported smtpd:
+//
+//   - smtpd reads a filter's line in its lookup process. 6.8.0p2 copies it
+//     into char buffer[LINE_MAX] (lka_filter.c,
+//     lka_filter_process_response), 2048 bytes on Linux, and silently
+//     truncates the rest; 7.4.0p1, 7.6.0p1 and 7.8.0p1 parse the line in
+//     place, with no bound of their own.
+//   - The lookup process hands a reject or disconnect parameter to the
+//     SMTP process as one imsg (lka_filter.c, filter_result_reject and
+//     filter_result_disconnect; m_add_string), and m_add (mproc.c) calls
+//     fatal ("warn: message too large") when an imsg would pass
+//     MAX_IMSGSIZE, 16384 bytes with its header (openbsd-compat/imsg.h),
+//     in 6.8.0p2, 7.4.0p1, 7.6.0p1 and 7.8.0p1 alike: the lookup process
+//     dies and the whole of smtpd with it.
+//   - The SMTP process formats the reply into char buf[LINE_MAX*2]
+//     (smtp_session.c, smtp_reply, all four versions), 4096 bytes on
+//     Linux, cut silently, and also reports it back to the filters
+//     (smtp_report_filter_response), another imsg.
+//
+// The RFC's bound is the smallest of these.
+const MaxParam = 512 - len("\r\n")
+
 // AppendResult appends the answer to a filter request,
 // "filter-result|SESSION|TOKEN|DECISION[|PARAM]\n" (TOKEN|SESSION in
 // protocol 0.4).
@@ -77,10 +102,15 @@ func appendIDs(dst []byte, l compat.Layout, session, token string) []byte {
 // proceed or junk ("Unexpected parameter"); a missing one after reject,
 // disconnect or rewrite ("Missing parameter"); CR, LF or NUL in the
 // parameter (a LF would end the line early and make the rest a line of
-// its own). A reject or disconnect reply must also pass ValidReply, or
+// its own); a parameter longer than MaxParam (smtpd 7.4 to 7.8 die on a
+// long one, 6.8 cuts it; callers cut replies to size before). A reject or disconnect reply must also pass ValidReply, or
 // smtpd would replace it by "421 Internal server error" and drop the
 // client.
 func AppendResult(dst []byte, l compat.Layout, session, token string, d Decision, param string) ([]byte, error) {
+	if len(param) > MaxParam {
+		return dst, errors.New("protocol: " + quoteParam(string(d)) + " parameter of " + strconv.Itoa(len(param)) +
+			" bytes is over the limit of " + strconv.Itoa(MaxParam) + ": " + quoteParam(param))
+	}
 	switch d {
 	case Proceed, Junk:
 		if param != "" {

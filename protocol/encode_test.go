@@ -165,3 +165,37 @@ func TestAppendDataLineAllocations(t *testing.T) {
 		t.Errorf("AppendDataLine into a large enough buffer makes %v allocations, want 0", n)
 	}
 }
+
+func TestAppendResultBoundsTheParameter(t *testing.T) {
+	reply := func(n int) string { return "550 5.7.1 " + strings.Repeat("x", n-len("550 5.7.1 ")) }
+	for _, d := range []Decision{Reject, Disconnect} {
+		param := reply(MaxParam)
+		if d == Disconnect {
+			param = "421" + param[3:]
+		}
+		got, err := AppendResult(nil, compat.For(v07), sess, tok, d, param)
+		if err != nil || !strings.HasSuffix(string(got), "|"+param+"\n") {
+			t.Errorf("%s with a %d-byte reply (the limit): %v", d, len(param), err)
+		}
+		got, err = AppendResult([]byte("keep"), compat.For(v07), sess, tok, d, param+"y")
+		if err == nil || string(got) != "keep" {
+			t.Errorf("%s with a %d-byte reply = %q, %v; want an error and nothing appended", d, len(param)+1, got, err)
+		}
+	}
+	addr := "<" + strings.Repeat("a", MaxParam) + "@example.org>"
+	if got, err := AppendResult([]byte("keep"), compat.For(v07), sess, tok, Rewrite, addr); err == nil || string(got) != "keep" {
+		t.Errorf("rewrite with a %d-byte parameter = %q, %v; want an error", len(addr), got, err)
+	}
+}
+
+// The limit is the RFC's: a reply line of 512 octets with its CRLF, which
+// also fits 6.8's LINE_MAX copy of the whole filter-result line.
+func TestMaxParamFitsSMTPAndSmtpd68(t *testing.T) {
+	if MaxParam+len("\r\n") != 512 {
+		t.Errorf("MaxParam = %d: a reply line with CRLF must be 512 octets at most (RFC 5321 4.5.3.1.5)", MaxParam)
+	}
+	line, err := AppendResult(nil, compat.For(v07), sess, tok, Disconnect, "421 "+strings.Repeat("x", MaxParam-4))
+	if err != nil || len(line) >= 2048 {
+		t.Errorf("the longest filter-result line is %d bytes (%v); smtpd 6.8 keeps 2047", len(line), err)
+	}
+}

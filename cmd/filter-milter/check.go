@@ -74,8 +74,10 @@ func checkMilter(w io.Writer, c milter.Config, globalAction string) int {
 		kind = fmt.Sprintf("milter pool of %d endpoints", len(c.Endpoints))
 	}
 	fmt.Fprintf(w, "%s %s\n", kind, c.Name)
-	fmt.Fprintf(w, "  settings:       default action %s; timeouts connect %v, command %v, content %v\n",
-		action, c.Options.ConnectTimeout, c.Options.CommandTimeout, c.Options.ContentTimeout)
+	fmt.Fprintf(w, "  settings:       default action %s; timeouts connect %v, command %v, content %v, end of message %v\n",
+		action, c.Options.ConnectTimeout, c.Options.CommandTimeout, c.Options.ContentTimeout, c.Options.EOMTimeout)
+	fmt.Fprintf(w, "  end of message: at most %d modifications, %v bytes\n",
+		c.Options.MaxModifications, byteSize(c.Options.MaxModificationBytes))
 	failed := 0
 	for _, spec := range c.Endpoints {
 		cl := milter.NewClient(spec.String(), spec, c.Options)

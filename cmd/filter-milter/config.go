@@ -22,35 +22,41 @@ import (
 // command-line flag with '-' written '_'; [[milter]] tables are the
 // -milter flags with their settings.
 type fileConfig struct {
-	Milter          []fileMilter  `toml:"milter"`
-	DefaultAction   actionName    `toml:"default_action"`
-	ConnectTimeout  duration      `toml:"connect_timeout"`
-	CommandTimeout  duration      `toml:"command_timeout"`
-	ContentTimeout  duration      `toml:"content_timeout"`
-	ShutdownTimeout duration      `toml:"shutdown_timeout"`
-	Discard         discardPolicy `toml:"discard"`
-	Quarantine      quarPolicy    `toml:"quarantine"`
-	EnvelopeChange  envPolicy     `toml:"envelope_change"`
-	Hostname        string        `toml:"hostname"`
-	DaemonName      string        `toml:"daemon_name"`
-	LogLevel        zapcore.Level `toml:"log_level"`
-	MetricsListen   listenAddr    `toml:"metrics_listen"`
-	BufferLimit     bufferSize    `toml:"buffer_limit"`
-	MemoryBudget    byteSize      `toml:"memory_budget"`
-	TempDir         dirPath       `toml:"temp_dir"`
+	Milter               []fileMilter  `toml:"milter"`
+	DefaultAction        actionName    `toml:"default_action"`
+	ConnectTimeout       duration      `toml:"connect_timeout"`
+	CommandTimeout       duration      `toml:"command_timeout"`
+	ContentTimeout       duration      `toml:"content_timeout"`
+	EOMTimeout           duration      `toml:"eom_timeout"`
+	ShutdownTimeout      duration      `toml:"shutdown_timeout"`
+	MaxModifications     modCount      `toml:"max_modifications"`
+	MaxModificationBytes byteSize      `toml:"max_modification_bytes"`
+	Discard              discardPolicy `toml:"discard"`
+	Quarantine           quarPolicy    `toml:"quarantine"`
+	EnvelopeChange       envPolicy     `toml:"envelope_change"`
+	Hostname             string        `toml:"hostname"`
+	DaemonName           string        `toml:"daemon_name"`
+	LogLevel             zapcore.Level `toml:"log_level"`
+	MetricsListen        listenAddr    `toml:"metrics_listen"`
+	BufferLimit          bufferSize    `toml:"buffer_limit"`
+	MemoryBudget         byteSize      `toml:"memory_budget"`
+	TempDir              dirPath       `toml:"temp_dir"`
 }
 
 // fileMilter is one [[milter]] table: one socket, or a pool of sockets
 // serving the same role, and the settings -milter takes in braces.
 type fileMilter struct {
-	Name           string       `toml:"name"`
-	Socket         socketSpec   `toml:"socket"`
-	Sockets        []socketSpec `toml:"sockets"`
-	DefaultAction  actionName   `toml:"default_action"`
-	ConnectTimeout duration     `toml:"connect_timeout"`
-	CommandTimeout duration     `toml:"command_timeout"`
-	ContentTimeout duration     `toml:"content_timeout"`
-	Protocol       protoVersion `toml:"protocol"`
+	Name                 string       `toml:"name"`
+	Socket               socketSpec   `toml:"socket"`
+	Sockets              []socketSpec `toml:"sockets"`
+	DefaultAction        actionName   `toml:"default_action"`
+	ConnectTimeout       duration     `toml:"connect_timeout"`
+	CommandTimeout       duration     `toml:"command_timeout"`
+	ContentTimeout       duration     `toml:"content_timeout"`
+	EOMTimeout           duration     `toml:"eom_timeout"`
+	Protocol             protoVersion `toml:"protocol"`
+	MaxModifications     modCount     `toml:"max_modifications"`
+	MaxModificationBytes byteSize     `toml:"max_modification_bytes"`
 }
 
 // loadConfig reads the configuration file into s, for every key the file
@@ -96,11 +102,18 @@ func loadConfig(path string, s *settings) error {
 		{"connect_timeout", fc.ConnectTimeout, &s.ConnectTimeout},
 		{"command_timeout", fc.CommandTimeout, &s.CommandTimeout},
 		{"content_timeout", fc.ContentTimeout, &s.ContentTimeout},
+		{"eom_timeout", fc.EOMTimeout, &s.EOMTimeout},
 		{"shutdown_timeout", fc.ShutdownTimeout, &s.ShutdownTimeout},
 	} {
 		if def(d.key) {
 			*d.dst = time.Duration(d.src)
 		}
+	}
+	if def("max_modifications") {
+		s.MaxModifications = int(fc.MaxModifications)
+	}
+	if def("max_modification_bytes") {
+		s.MaxModificationBytes = fc.MaxModificationBytes
 	}
 	if def("discard") {
 		s.Policy.Discard = string(fc.Discard)
@@ -158,6 +171,7 @@ func loadConfig(path string, s *settings) error {
 			fm.name = strings.Join(names, ",")
 		}
 		fm.connect, fm.command, fm.content = time.Duration(m.ConnectTimeout), time.Duration(m.CommandTimeout), time.Duration(m.ContentTimeout)
+		fm.eom, fm.maxMods, fm.maxModBytes = time.Duration(m.EOMTimeout), int(m.MaxModifications), int64(m.MaxModificationBytes)
 		s.fileMilters = append(s.fileMilters, fm)
 	}
 	return nil
@@ -172,6 +186,9 @@ type fileMilterConfig struct {
 	endpoints                 []milter.Spec
 	action                    string
 	connect, command, content time.Duration // 0: the global value
+	eom                       time.Duration // 0: the global value
+	maxMods                   int           // 0: the global value
+	maxModBytes               int64         // 0: the global value
 	version                   uint32        // 0: 6
 	where                     string        // file:line, for errors
 }
@@ -189,6 +206,15 @@ func (f fileMilterConfig) config(base milter.Options) milter.Config {
 	}
 	if f.version > 0 {
 		c.Options.Version = f.version
+	}
+	if f.eom > 0 {
+		c.Options.EOMTimeout = f.eom
+	}
+	if f.maxMods > 0 {
+		c.Options.MaxModifications = f.maxMods
+	}
+	if f.maxModBytes > 0 {
+		c.Options.MaxModificationBytes = f.maxModBytes
 	}
 	return c
 }
@@ -279,6 +305,18 @@ func (p *protoVersion) UnmarshalTOML(v any) error {
 		return fmt.Errorf("protocol %v: want a milter protocol version from 2 to 6", v)
 	}
 	*p = protoVersion(n)
+	return nil
+}
+
+// modCount is a number of modifications: a positive integer.
+type modCount int
+
+func (m *modCount) UnmarshalTOML(v any) error {
+	n, ok := v.(int64)
+	if !ok || n <= 0 || n > 1<<31-1 {
+		return fmt.Errorf("%v: want a positive number of modifications", v)
+	}
+	*m = modCount(n)
 	return nil
 }
 

@@ -44,6 +44,9 @@ default_action = "accept"
 connect_timeout = "5s"
 command_timeout = 20          # seconds, as Postfix writes them
 content_timeout = "2m"
+eom_timeout = "15m"
+max_modifications = 2000
+max_modification_bytes = "32M"
 shutdown_timeout = "45s"
 discard = "junk"
 quarantine = "reject"
@@ -61,6 +64,9 @@ name = "dkim"
 socket = "inet:127.0.0.1:8891"
 default_action = "tempfail"
 content_timeout = "10s"
+eom_timeout = 90
+max_modifications = 50
+max_modification_bytes = "1M"
 
 [[milter]]
 sockets = ["inet:11332@10.0.0.1", "unix:/run/rspamd/milter.sock"]
@@ -96,7 +102,8 @@ func TestConfigFileGood(t *testing.T) {
 	dkim := ms[0]
 	if dkim.Name != "dkim" || len(dkim.Endpoints) != 1 || dkim.Endpoints[0] != (milter.Spec{Network: "tcp4", Address: "127.0.0.1:8891"}) ||
 		dkim.DefaultAction != "tempfail" || dkim.Options.ConnectTimeout != 5*time.Second || dkim.Options.CommandTimeout != 20*time.Second ||
-		dkim.Options.ContentTimeout != 10*time.Second || dkim.Options.Version != 0 {
+		dkim.Options.ContentTimeout != 10*time.Second || dkim.Options.Version != 0 ||
+		dkim.Options.EOMTimeout != 90*time.Second || dkim.Options.MaxModifications != 50 || dkim.Options.MaxModificationBytes != 1<<20 {
 		t.Errorf("first milter: %+v", dkim)
 	}
 	pool := ms[1]
@@ -104,7 +111,8 @@ func TestConfigFileGood(t *testing.T) {
 		pool.Endpoints[0] != (milter.Spec{Network: "tcp4", Address: "10.0.0.1:11332"}) ||
 		pool.Endpoints[1] != (milter.Spec{Network: "unix", Address: "/run/rspamd/milter.sock"}) ||
 		pool.DefaultAction != "" || pool.Options.ConnectTimeout != 3*time.Second || pool.Options.CommandTimeout != 4*time.Second ||
-		pool.Options.ContentTimeout != 2*time.Minute || pool.Options.Version != 4 {
+		pool.Options.ContentTimeout != 2*time.Minute || pool.Options.Version != 4 ||
+		pool.Options.EOMTimeout != 15*time.Minute || pool.Options.MaxModifications != 2000 || pool.Options.MaxModificationBytes != 32<<20 {
 		t.Errorf("pool: %+v", pool)
 	}
 }
@@ -169,6 +177,10 @@ func TestConfigFileErrors(t *testing.T) {
 			[]string{":3: key milter.content_timeout:", "positive"}},
 		{"bad protocol", "[[milter]]\nsocket = \"inet:1\"\nprotocol = 7\n",
 			[]string{":3: key milter.protocol:", "2 to 6"}},
+		{"zero modifications", "[[milter]]\nsocket = \"inet:1\"\nmax_modifications = 0\n",
+			[]string{":3: key milter.max_modifications:", "positive"}},
+		{"bad modification bytes", "max_modification_bytes = \"much\"\n", []string{":1: key max_modification_bytes:", `"much"`}},
+		{"bad eom timeout", "eom_timeout = \"later\"\n", []string{":1: key eom_timeout:", `"later"`}},
 		{"bad log level", "log_level = \"loud\"\n", []string{":1: key log_level:", "loud"}},
 		{"bad policy", "quarantine = \"hold\"\n", []string{":1: key quarantine:", "mark, reject, tempfail"}},
 		{"bad listen", "metrics_listen = \"9465\"\n", []string{":1: key metrics_listen:", "host:port"}},
@@ -272,6 +284,39 @@ k = 6
 	} {
 		if got := l.line(c.key, c.nth...); got != c.want {
 			t.Errorf("line(%v, %v) = %s, want %s", c.key, c.nth, got, c.want)
+		}
+	}
+}
+
+func TestEndOfMessageBoundsFromFlags(t *testing.T) {
+	s, ms, err := parseArgs(t, "-milter", "inet:127.0.0.1:8891", "-milter", "inet:127.0.0.1:8892{eom_timeout=1m, max_modifications=7, max_modification_bytes=2K}",
+		"-eom-timeout", "3m", "-max-modifications", "300", "-max-modification-bytes", "5M")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.EOMTimeout != 3*time.Minute || s.MaxModifications != 300 || s.MaxModificationBytes != 5<<20 {
+		t.Errorf("settings %+v", s)
+	}
+	if o := ms[0].Options; o.EOMTimeout != 3*time.Minute || o.MaxModifications != 300 || o.MaxModificationBytes != 5<<20 {
+		t.Errorf("first milter: %+v", o)
+	}
+	if o := ms[1].Options; o.EOMTimeout != time.Minute || o.MaxModifications != 7 || o.MaxModificationBytes != 2<<10 {
+		t.Errorf("second milter: %+v", o)
+	}
+	// The defaults are milter.DefaultOptions'.
+	_, ms, err = parseArgs(t, "-milter", "inet:127.0.0.1:8891")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := ms[0].Options; o.EOMTimeout != 10*time.Minute || o.MaxModifications != 10000 || o.MaxModificationBytes != 64<<20 {
+		t.Errorf("defaults: %+v", o)
+	}
+	for _, bad := range [][]string{
+		{"-eom-timeout", "0s"}, {"-max-modifications", "0"}, {"-max-modifications", "-1"}, {"-max-modification-bytes", "0"},
+		{"-max-modification-bytes", "lots"},
+	} {
+		if _, _, err := parseArgs(t, append([]string{"-milter", "inet:127.0.0.1:8891"}, bad...)...); err == nil {
+			t.Errorf("%v accepted", bad)
 		}
 	}
 }

@@ -23,9 +23,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"runtime/debug"
-	"syscall"
 
 	"go.uber.org/zap"
 
@@ -137,14 +135,14 @@ func runFilter(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		defer func() { _ = srv.Close() }()
 	}
 
-	// A write to a closed stdout must be an error we can log, not a
-	// SIGPIPE that kills the process silently.
-	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
-	// SIGTERM ends the filter as smtpd closing the pipe does: sessions in
-	// flight get ShutdownTimeout to finish. (smtpd itself shuts down when
-	// its filter exits, so only a stopping smtpd should send it.)
-	term := make(chan os.Signal, 1)
-	signal.Notify(term, syscall.SIGTERM, syscall.SIGINT)
+	// SIGTERM and SIGINT end the filter as smtpd closing the pipe does:
+	// sessions in flight get ShutdownTimeout to finish. (smtpd itself shuts
+	// down when its filter exits, so only a stopping smtpd should send
+	// them.) Every other common signal is logged and ignored, SIGPIPE
+	// included: a write to a closed stdout must be an error we can log,
+	// not a signal that kills the process silently.
+	term, stopWatching := watchSignals(log)
+	defer stopWatching()
 
 	setMemoryLimit(cfg.MemoryBudget)
 

@@ -26,30 +26,37 @@ type settings struct {
 	ConnectTimeout  time.Duration
 	CommandTimeout  time.Duration
 	ContentTimeout  time.Duration
+	EOMTimeout      time.Duration // the whole of end of message, PROGRESS included (Sendmail's T=E)
 	ShutdownTimeout time.Duration
-	Policy          gateway.Policy
-	Hostname        string
-	DaemonName      string
-	LogLevel        zapcore.Level
-	MetricsListen   string
-	BufferLimit     byteSize // one message's memory before it spills to a temporary file
-	MemoryBudget    byteSize // the memory of all messages together
-	TempDir         string   // where spilled messages go ("": os.TempDir)
+	// What one milter may ask for at one end of message.
+	MaxModifications     int
+	MaxModificationBytes byteSize
+	Policy               gateway.Policy
+	Hostname             string
+	DaemonName           string
+	LogLevel             zapcore.Level
+	MetricsListen        string
+	BufferLimit          byteSize // one message's memory before it spills to a temporary file
+	MemoryBudget         byteSize // the memory of all messages together
+	TempDir              string   // where spilled messages go ("": os.TempDir)
 
 	fileMilters []fileMilterConfig // [[milter]] tables of the configuration file
 }
 
 func defaultSettings() settings {
 	return settings{
-		DefaultAction:   "tempfail",
-		ConnectTimeout:  milter.DefaultOptions.ConnectTimeout,
-		CommandTimeout:  milter.DefaultOptions.CommandTimeout,
-		ContentTimeout:  milter.DefaultOptions.ContentTimeout,
-		ShutdownTimeout: 30 * time.Second,
-		Policy:          gateway.DefaultPolicy,
-		LogLevel:        zapcore.InfoLevel,
-		BufferLimit:     1 << 20,
-		MemoryBudget:    64 << 20,
+		DefaultAction:        "tempfail",
+		ConnectTimeout:       milter.DefaultOptions.ConnectTimeout,
+		CommandTimeout:       milter.DefaultOptions.CommandTimeout,
+		ContentTimeout:       milter.DefaultOptions.ContentTimeout,
+		EOMTimeout:           milter.DefaultOptions.EOMTimeout,
+		MaxModifications:     milter.DefaultOptions.MaxModifications,
+		MaxModificationBytes: byteSize(milter.DefaultOptions.MaxModificationBytes),
+		ShutdownTimeout:      30 * time.Second,
+		Policy:               gateway.DefaultPolicy,
+		LogLevel:             zapcore.InfoLevel,
+		BufferLimit:          1 << 20,
+		MemoryBudget:         64 << 20,
 	}
 }
 
@@ -58,26 +65,11 @@ func defaultSettings() settings {
 type byteSize int64
 
 func parseByteSize(v string) (byteSize, error) {
-	s := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSpace(v), "iB"), "B")
-	mult := int64(1)
-	if s != "" {
-		switch s[len(s)-1] {
-		case 'k', 'K':
-			mult = 1 << 10
-		case 'm', 'M':
-			mult = 1 << 20
-		case 'g', 'G':
-			mult = 1 << 30
-		}
-		if mult > 1 {
-			s = s[:len(s)-1]
-		}
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
-	if err != nil || n <= 0 || n > (1<<62)/mult {
+	n, err := milter.ParseSize(v, 1<<62)
+	if err != nil {
 		return 0, fmt.Errorf("size %q: want a positive number of bytes, with K, M or G for KiB, MiB or GiB", v)
 	}
-	return byteSize(n * mult), nil
+	return byteSize(n), nil
 }
 
 func (b *byteSize) Set(v string) error {
@@ -138,11 +130,14 @@ func (l *specList) Set(s string) error { *l = append(*l, s); return nil }
 // s; parse applies the configuration file under them.
 func addFlags(fs *flag.FlagSet, s *settings) {
 	fs.StringVar(&s.ConfigPath, "config", "", "a configuration file (TOML) with the settings below; flags given on the command line override it")
-	fs.Var((*specList)(&s.Milters), "milter", "a milter: unix:/path, inet:host:port, inet:port@host or inet6:[addr]:port; several endpoints of one role separated by commas form a pool; settings in braces: {default_action=accept, connect_timeout=10s, command_timeout=10s, content_timeout=5m, protocol=6}. Repeat for several milters, in order; replaces the configuration file's milters")
+	fs.Var((*specList)(&s.Milters), "milter", "a milter: unix:/path, inet:host:port, inet:port@host or inet6:[addr]:port; several endpoints of one role separated by commas form a pool; settings in braces: {default_action=accept, connect_timeout=10s, command_timeout=10s, content_timeout=5m, eom_timeout=10m, max_modifications=10000, max_modification_bytes=64M, protocol=6}. Repeat for several milters, in order; replaces the configuration file's milters")
 	fs.StringVar(&s.DefaultAction, "default-action", s.DefaultAction, "what a session gets when a milter fails or times out: tempfail, accept or reject")
 	fs.DurationVar(&s.ConnectTimeout, "connect-timeout", s.ConnectTimeout, "time to connect to a milter and negotiate")
 	fs.DurationVar(&s.CommandTimeout, "command-timeout", s.CommandTimeout, "time a milter has to answer CONNECT, HELO, MAIL, RCPT and DATA")
 	fs.DurationVar(&s.ContentTimeout, "content-timeout", s.ContentTimeout, "time a milter has to answer each header, body chunk and end of message")
+	fs.DurationVar(&s.EOMTimeout, "eom-timeout", s.EOMTimeout, "time a milter has for the whole of end of message, however many PROGRESS packets it sends (Sendmail's T=E)")
+	fs.IntVar(&s.MaxModifications, "max-modifications", s.MaxModifications, "how many modifications (header changes, recipient changes, body replacement packets) one milter may ask for at one end of message; more is that milter's default action")
+	fs.Var(&s.MaxModificationBytes, "max-modification-bytes", "how many bytes of modifications, replacement body included, one milter may send at one end of message (K, M, G suffixes); more is that milter's default action")
 	fs.StringVar(&s.Policy.Discard, "discard", s.Policy.Discard, "a milter's DISCARD (OpenSMTPD has no silent drop): reject (550 5.7.1) or junk (deliver marked X-Spam: yes)")
 	fs.StringVar(&s.Policy.Quarantine, "quarantine", s.Policy.Quarantine, "a milter's QUARANTINE: mark (deliver marked X-Spam: yes), reject or tempfail")
 	fs.StringVar(&s.Policy.Envelope, "envelope-change", s.Policy.Envelope, "a milter's recipient or sender change at end of message (OpenSMTPD cannot make it): tempfail, reject or ignore")
@@ -159,21 +154,24 @@ func addFlags(fs *flag.FlagSet, s *settings) {
 // settingFlags are the flags whose value a configuration file can set,
 // and how to copy each from the file's settings.
 var settingFlags = map[string]func(dst, src *settings){
-	"default-action":   func(d, s *settings) { d.DefaultAction = s.DefaultAction },
-	"connect-timeout":  func(d, s *settings) { d.ConnectTimeout = s.ConnectTimeout },
-	"command-timeout":  func(d, s *settings) { d.CommandTimeout = s.CommandTimeout },
-	"content-timeout":  func(d, s *settings) { d.ContentTimeout = s.ContentTimeout },
-	"discard":          func(d, s *settings) { d.Policy.Discard = s.Policy.Discard },
-	"quarantine":       func(d, s *settings) { d.Policy.Quarantine = s.Policy.Quarantine },
-	"envelope-change":  func(d, s *settings) { d.Policy.Envelope = s.Policy.Envelope },
-	"shutdown-timeout": func(d, s *settings) { d.ShutdownTimeout = s.ShutdownTimeout },
-	"hostname":         func(d, s *settings) { d.Hostname = s.Hostname },
-	"daemon-name":      func(d, s *settings) { d.DaemonName = s.DaemonName },
-	"log-level":        func(d, s *settings) { d.LogLevel = s.LogLevel },
-	"metrics-listen":   func(d, s *settings) { d.MetricsListen = s.MetricsListen },
-	"buffer-limit":     func(d, s *settings) { d.BufferLimit = s.BufferLimit },
-	"memory-budget":    func(d, s *settings) { d.MemoryBudget = s.MemoryBudget },
-	"temp-dir":         func(d, s *settings) { d.TempDir = s.TempDir },
+	"default-action":         func(d, s *settings) { d.DefaultAction = s.DefaultAction },
+	"connect-timeout":        func(d, s *settings) { d.ConnectTimeout = s.ConnectTimeout },
+	"command-timeout":        func(d, s *settings) { d.CommandTimeout = s.CommandTimeout },
+	"content-timeout":        func(d, s *settings) { d.ContentTimeout = s.ContentTimeout },
+	"eom-timeout":            func(d, s *settings) { d.EOMTimeout = s.EOMTimeout },
+	"max-modifications":      func(d, s *settings) { d.MaxModifications = s.MaxModifications },
+	"max-modification-bytes": func(d, s *settings) { d.MaxModificationBytes = s.MaxModificationBytes },
+	"discard":                func(d, s *settings) { d.Policy.Discard = s.Policy.Discard },
+	"quarantine":             func(d, s *settings) { d.Policy.Quarantine = s.Policy.Quarantine },
+	"envelope-change":        func(d, s *settings) { d.Policy.Envelope = s.Policy.Envelope },
+	"shutdown-timeout":       func(d, s *settings) { d.ShutdownTimeout = s.ShutdownTimeout },
+	"hostname":               func(d, s *settings) { d.Hostname = s.Hostname },
+	"daemon-name":            func(d, s *settings) { d.DaemonName = s.DaemonName },
+	"log-level":              func(d, s *settings) { d.LogLevel = s.LogLevel },
+	"metrics-listen":         func(d, s *settings) { d.MetricsListen = s.MetricsListen },
+	"buffer-limit":           func(d, s *settings) { d.BufferLimit = s.BufferLimit },
+	"memory-budget":          func(d, s *settings) { d.MemoryBudget = s.MemoryBudget },
+	"temp-dir":               func(d, s *settings) { d.TempDir = s.TempDir },
 }
 
 // applyConfig reads s.ConfigPath, when given, and takes from it every
@@ -203,6 +201,7 @@ func (s *settings) applyConfig(fs *flag.FlagSet) error {
 func (s *settings) options() milter.Options {
 	o := milter.DefaultOptions
 	o.ConnectTimeout, o.CommandTimeout, o.ContentTimeout = s.ConnectTimeout, s.CommandTimeout, s.ContentTimeout
+	o.EOMTimeout, o.MaxModifications, o.MaxModificationBytes = s.EOMTimeout, s.MaxModifications, int64(s.MaxModificationBytes)
 	return o
 }
 
@@ -226,10 +225,14 @@ func (s *settings) milterConfigs() ([]milter.Config, error) {
 	for _, d := range []struct {
 		name string
 		d    time.Duration
-	}{{"connect-timeout", s.ConnectTimeout}, {"command-timeout", s.CommandTimeout}, {"content-timeout", s.ContentTimeout}, {"shutdown-timeout", s.ShutdownTimeout}} {
+	}{{"connect-timeout", s.ConnectTimeout}, {"command-timeout", s.CommandTimeout}, {"content-timeout", s.ContentTimeout},
+		{"eom-timeout", s.EOMTimeout}, {"shutdown-timeout", s.ShutdownTimeout}} {
 		if d.d <= 0 {
 			return nil, fmt.Errorf("-%s %v: must be positive", d.name, d.d)
 		}
+	}
+	if s.MaxModifications <= 0 {
+		return nil, fmt.Errorf("-max-modifications %d: must be positive", s.MaxModifications)
 	}
 	var out []milter.Config
 	if len(s.Milters) > 0 {
