@@ -50,6 +50,7 @@ type lineStore struct {
 	winOff int64  // file offset of win[0]
 	cur    fileMark
 	curLn  int // the file line cur points at
+	fills  int // window reads so far: what keeps the reading linear, for tests
 
 	// err is set when a spilled line could not be written or read back:
 	// the message is then incomplete and must not be delivered.
@@ -185,6 +186,7 @@ func (s *lineStore) fill(off int64, n int) bool {
 		s.win = getBuf(want)
 	}
 	s.win = s.win[:want]
+	s.fills++
 	got, err := s.file.ReadAt(s.win, off)
 	if got < want {
 		if err == nil || errors.Is(err, io.EOF) {
