@@ -109,7 +109,9 @@ func (m *message) unstuffed(i int) []byte {
 // continuation: that line is then the first body line.
 func (m *message) parse() {
 	n := m.st.count()
-	var fs []tnode[field]
+	var bd builder[field]
+	var last *tnode[field]
+	var nodes []tnode[field] // allocated in growing blocks, never moved
 	i := 0
 	for ; i < n; i++ {
 		l := m.unstuffed(i)
@@ -117,20 +119,25 @@ func (m *message) parse() {
 			m.separator = true
 			break
 		}
-		if (l[0] == ' ' || l[0] == '\t') && len(fs) > 0 {
-			fs[len(fs)-1].v.last = int32(i)
+		if (l[0] == ' ' || l[0] == '\t') && last != nil {
+			last.v.last = int32(i)
 			continue
 		}
 		if _, ok := nameOf(l); !ok {
 			break
 		}
-		fs = append(fs, tnode[field]{v: field{first: int32(i), last: int32(i)}})
+		if len(nodes) == cap(nodes) {
+			nodes = make([]tnode[field], 0, min(max(16, 2*cap(nodes)), 4096))
+		}
+		nodes = append(nodes, tnode[field]{v: field{first: int32(i), last: int32(i)}})
+		last = &nodes[len(nodes)-1]
+		bd.push(last)
 	}
 	m.bodyStart = i
 	if m.separator {
 		m.bodyStart++
 	}
-	m.fields.build(fs)
+	bd.finish(&m.fields)
 }
 
 // nameOf returns the name of a header line "Name: value" as written

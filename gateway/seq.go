@@ -124,46 +124,46 @@ func (s *seq[T]) at(k int) *tnode[T] {
 	return nil
 }
 
-// build makes s the sequence of nodes, in order, in linear time (a
-// Cartesian tree on random priorities, built with a stack).
+// build makes s the sequence of nodes, in order, in linear time.
 func (s *seq[T]) build(nodes []tnode[T]) {
-	stack := make([]*tnode[T], 0, 64)
+	var bd builder[T]
 	for i := range nodes {
-		x := &nodes[i]
-		x.prio = rand.Uint32()
-		var last *tnode[T]
-		for len(stack) > 0 && stack[len(stack)-1].prio < x.prio {
-			last = stack[len(stack)-1]
-			stack = stack[:len(stack)-1]
-		}
-		x.l = last
-		if len(stack) > 0 {
-			stack[len(stack)-1].r = x
-		}
-		stack = append(stack, x)
+		bd.push(&nodes[i])
 	}
-	if len(stack) == 0 {
-		s.root = nil
-		return
+	bd.finish(s)
+}
+
+// builder makes a seq from nodes given in order, in linear time: a
+// Cartesian tree on random priorities, built on a stack that holds its
+// right spine. A node leaves the stack once its subtree is complete, and
+// gets its size then.
+type builder[T any] struct{ spine []*tnode[T] }
+
+func (bd *builder[T]) push(x *tnode[T]) {
+	x.prio = rand.Uint32()
+	x.l, x.r, x.p = nil, nil, nil
+	var last *tnode[T]
+	for len(bd.spine) > 0 && bd.spine[len(bd.spine)-1].prio < x.prio {
+		last = bd.spine[len(bd.spine)-1]
+		bd.spine = bd.spine[:len(bd.spine)-1]
+		last.pull()
 	}
-	// Sizes and parent links, children before parents.
-	post := make([]*tnode[T], 0, len(nodes))
-	todo := append(stack[:0], stack[0])
-	for len(todo) > 0 {
-		n := todo[len(todo)-1]
-		todo = todo[:len(todo)-1]
-		post = append(post, n)
-		if n.l != nil {
-			todo = append(todo, n.l)
-		}
-		if n.r != nil {
-			todo = append(todo, n.r)
-		}
+	x.l = last
+	if len(bd.spine) > 0 {
+		bd.spine[len(bd.spine)-1].r = x
 	}
-	for i := len(post) - 1; i >= 0; i-- {
-		post[i].pull()
+	bd.spine = append(bd.spine, x)
+}
+
+func (bd *builder[T]) finish(s *seq[T]) {
+	for i := len(bd.spine) - 1; i >= 0; i-- {
+		bd.spine[i].pull()
 	}
-	s.setRoot(post[0])
+	s.root = nil
+	if len(bd.spine) > 0 {
+		s.setRoot(bd.spine[0])
+	}
+	bd.spine = nil
 }
 
 // each calls fn with the nodes in order until it returns false.
