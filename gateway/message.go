@@ -462,6 +462,10 @@ func (m *message) emit(fn func(line []byte)) {
 		// separator and a new body starting "X-Foo: bar" would become a
 		// header field.
 		fn(nil)
+	case m.fields.len() > 0 && m.bodyStart < m.st.count() && m.startsWithBlank(m.bodyStart):
+		// A message with no field whose first line starts with white
+		// space: once a milter adds a field, that line would continue it.
+		fn(nil)
 	}
 	if m.newBody == nil {
 		m.st.each(m.bodyStart, func(l []byte) bool { fn(l); return true })
@@ -505,6 +509,11 @@ func (m *message) emit(fn func(line []byte)) {
 	if err := m.newBody.err; err != nil {
 		m.fail(err)
 	}
+}
+
+func (m *message) startsWithBlank(i int) bool {
+	l := m.unstuffed(i)
+	return len(l) > 0 && (l[0] == ' ' || l[0] == '\t')
 }
 
 // emitOriginal calls fn with the lines exactly as they were received.

@@ -167,6 +167,9 @@ func TestBodyChunks(t *testing.T) {
 func FuzzMessage(f *testing.F) {
 	f.Add(strings.Join(tricky, "\n"), "X-A", " v", 1)
 	f.Add("Subject: a\n b\n\n.\n..", "Subject", "", 0)
+	f.Add("Subject: header only", "X-Foo", "X-Foo: bar\r\nbody\r\n", 0)
+	f.Add(" starts with space\nbody", "X-A", " v", 0)
+	f.Add("Subject: s\nnot a field\nX-B: b", "X-B", "X-B: c\r\n\x00\r\n", 1)
 	f.Fuzz(func(t *testing.T, text, name, value string, index int) {
 		lines := strings.Split(text, "\n")
 		for i, l := range lines {
@@ -184,9 +187,25 @@ func FuzzMessage(f *testing.F) {
 		for _, k := range []milter.ModKind{milter.AddHeader, milter.InsertHeader, milter.ChangeHeader, milter.ReplaceBody} {
 			m.apply([]milter.Modification{{Kind: k, Name: name, Value: value, Index: index, Body: []byte(value)}}, nil)
 		}
-		for _, l := range emitted(m) {
+		out := emitted(m)
+		for _, l := range out {
 			if l == "." {
-				t.Fatalf("a lone \".\" would end the message early: %q", emitted(m))
+				t.Fatalf("a lone \".\" would end the message early: %q", out)
+			}
+		}
+		// What smtpd gets back has the header the milters left, no
+		// more: a body line never turns into a field or continues one.
+		again := msgOf(out...)
+		want := fieldsOf(m)
+		got := fieldsOf(again)
+		if len(got) != len(want) {
+			t.Fatalf("%d fields written, %d read back from %q", len(want), len(got), out)
+		}
+		for i := range want {
+			wn, wv := m.headerValue(&want[i])
+			gn, gv := again.headerValue(&got[i])
+			if gn != wn || gv != wv {
+				t.Fatalf("field %d written as %q:%q, read back as %q:%q", i, wn, wv, gn, gv)
 			}
 		}
 	})
@@ -369,5 +388,15 @@ func TestApplyTakesTheReplacement(t *testing.T) {
 	repl.release()
 	if b.used.Load() != 0 {
 		t.Errorf("budget not returned: %d", b.used.Load())
+	}
+}
+
+// A message with no field whose first line starts with white space: a
+// field a milter adds must not swallow that line as its continuation.
+func TestAddedFieldBeforeABlankFirstLine(t *testing.T) {
+	m := msgOf(" x", "body")
+	m.apply([]milter.Modification{{Kind: milter.AddHeader, Name: "X-A", Value: " v"}}, nil)
+	if got := emitted(m); strings.Join(got, "\n") != "X-A: v\n\n x\nbody" {
+		t.Errorf("got %q", got)
 	}
 }
