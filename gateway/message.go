@@ -168,9 +168,14 @@ func (m *message) headerValue(f *field) (name, value string) {
 	if !f.raw() {
 		return f.w.name, f.w.value
 	}
-	var b strings.Builder
 	first := m.unstuffed(int(f.first))
 	colon := bytes.IndexByte(first, ':')
+	if f.last == f.first {
+		// One allocation for both: a header of short fields is mostly this.
+		line := string(first)
+		return strings.TrimRight(line[:colon], " \t"), line[colon+1:]
+	}
+	var b strings.Builder
 	name = string(bytes.TrimRight(first[:colon], " \t"))
 	b.Write(first[colon+1:])
 	for i := f.first + 1; i <= f.last; i++ {
