@@ -366,6 +366,11 @@ const (
 // every header and the body (it negotiates SMFIF_ADDHDRS: the gateway
 // holds every line until the end of message), and emit.
 //
+// The milter negotiates SMFIP_NR_HDR (no reply to a header field): with a
+// reply to each, the header-heavy message costs one round trip per field
+// (45 000 per MB), which is the milter protocol's cost, the same for any
+// MTA, and would hide the gateway's.
+//
 //	go test -run '^$' -bench 'HeaderHeavy|BodyHeavy' -benchtime 3x ./gateway/
 //
 // ns/MB is the time per MB (10^6 bytes, as queued).
