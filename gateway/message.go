@@ -2,7 +2,9 @@ package gateway
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"iter"
 	"strings"
 
 	"github.com/filter-milter/filter-milter/milter"
@@ -17,23 +19,36 @@ import (
 // go-message is not used as the header model because it canonicalizes
 // names, unfolds values and cannot insert at a position
 // (shared/docs/milter-client.md §3.4).
+//
+// Cost: parse, the header values, the body and emit each read the lines
+// once, in order (raw fields never change their relative order, whatever
+// milters insert or delete around them); a field costs one node of fields
+// and no copy of its text. Applying modifications costs O(log n) per
+// insert, add or change (see apply).
 type message struct {
 	st *lineStore // the lines as received
 
-	fields    []field
-	bodyStart int  // index of the first body line
-	separator bool // an empty line separates header and body
+	fields    seq[field] // the header fields, in order
+	bodyStart int        // index of the first body line
+	separator bool       // an empty line separates header and body
 
-	newBody      []byte // the body a milter replaced it with, CRLF text, unstuffed
-	bodyReplaced bool
+	newBody *bodyStore // the body a milter replaced it with, nil if none
+	// failed is set when the message cannot be written back as the
+	// milters left it (a replacement body lost on disk, a NUL in one):
+	// it must not be delivered.
+	failed error
 }
 
 // field is one header field: either raw lines [first, last] of the message,
 // or, once a milter added or changed it, name and value to serialize.
 type field struct {
-	name        string // as written, without the colon
-	first, last int    // raw lines; first < 0 for a field a milter wrote
-	value       string // for a written field: the text after the colon, LF between lines
+	first, last int32       // raw lines; first < 0 for a field a milter wrote
+	w           *writtenHdr // for a written field
+}
+
+type writtenHdr struct {
+	name  string // as the milter sent it
+	value string // the text after the colon, LF between lines
 }
 
 func (f *field) raw() bool { return f.first >= 0 }
@@ -49,10 +64,34 @@ func (m *message) add(line string) { m.st.add(line) }
 func (m *message) line(i int) []byte { return m.st.line(i) }
 
 // err is set when the message could not be kept whole (a spilled part
-// could not be written or read back): it must not be delivered.
-func (m *message) err() error { return m.st.err }
+// could not be written or read back, a replacement body could not be
+// kept): it must not be delivered.
+func (m *message) err() error {
+	if m.st.err != nil {
+		return m.st.err
+	}
+	return m.failed
+}
 
-func (m *message) release() { m.st.release() }
+func (m *message) fail(err error) {
+	if m.failed == nil {
+		m.failed = err
+	}
+}
+
+func (m *message) release() {
+	m.st.release()
+	m.newBody.release()
+}
+
+// newReplacement is where a milter's new body (SMFIR_REPLBODY) is written
+// as it arrives: it is kept in memory up to what is left of the message's
+// limit while the global budget allows, then in a temporary file. apply
+// takes it over; whoever does not pass it to apply releases it. A write
+// error fails this message, even once the store is released.
+func (m *message) newReplacement() *bodyStore {
+	return &bodyStore{limit: max(0, m.st.limit-len(m.st.mem)), b: m.st.b, dir: m.st.dir, onFail: m.fail}
+}
 
 // unstuffed is line i as the message text has it: SMTP dot-stuffing (one
 // leading '.') removed. smtpd sends data lines still stuffed
@@ -70,45 +109,56 @@ func (m *message) unstuffed(i int) []byte {
 // continuation: that line is then the first body line.
 func (m *message) parse() {
 	n := m.st.count()
+	var bd builder[field]
+	var last *tnode[field]
+	var nodes []tnode[field] // allocated in growing blocks, never moved
 	i := 0
 	for ; i < n; i++ {
 		l := m.unstuffed(i)
 		if len(l) == 0 {
 			m.separator = true
-			m.bodyStart = i + 1
-			return
-		}
-		if (l[0] == ' ' || l[0] == '\t') && len(m.fields) > 0 {
-			m.fields[len(m.fields)-1].last = i
-			continue
-		}
-		name, ok := fieldName(l)
-		if !ok {
 			break
 		}
-		m.fields = append(m.fields, field{name: name, first: i, last: i})
+		if (l[0] == ' ' || l[0] == '\t') && last != nil {
+			last.v.last = int32(i)
+			continue
+		}
+		if _, ok := nameOf(l); !ok {
+			break
+		}
+		if len(nodes) == cap(nodes) {
+			nodes = make([]tnode[field], 0, min(max(16, 2*cap(nodes)), 4096))
+		}
+		nodes = append(nodes, tnode[field]{v: field{first: int32(i), last: int32(i)}})
+		last = &nodes[len(nodes)-1]
+		bd.push(last)
 	}
 	m.bodyStart = i
+	if m.separator {
+		m.bodyStart++
+	}
+	bd.finish(&m.fields)
 }
 
-// fieldName returns the name of a header line "Name: value": printable
-// ASCII without ':', white space allowed only before the colon (RFC 5322's
-// obsolete syntax, still seen in the wild).
-func fieldName(l []byte) (string, bool) {
+// nameOf returns the name of a header line "Name: value" as written
+// (white space before the colon included): printable ASCII without ':',
+// white space allowed only before the colon (RFC 5322's obsolete syntax,
+// still seen in the wild).
+func nameOf(l []byte) ([]byte, bool) {
 	colon := bytes.IndexByte(l, ':')
 	if colon <= 0 {
-		return "", false
+		return nil, false
 	}
 	name := bytes.TrimRight(l[:colon], " \t")
 	if len(name) == 0 {
-		return "", false
+		return nil, false
 	}
 	for _, c := range name {
 		if c < 33 || c > 126 {
-			return "", false
+			return nil, false
 		}
 	}
-	return string(l[:colon]), true
+	return l[:colon], true
 }
 
 // headerValue is what a milter is sent for field f: the text after the
@@ -116,30 +166,72 @@ func fieldName(l []byte) (string, bool) {
 // kept (the milter session strips the one space the protocol wants).
 func (m *message) headerValue(f *field) (name, value string) {
 	if !f.raw() {
-		return f.name, f.value
+		return f.w.name, f.w.value
+	}
+	first := m.unstuffed(int(f.first))
+	colon := bytes.IndexByte(first, ':')
+	if f.last == f.first {
+		// One allocation for both: a header of short fields is mostly this.
+		line := string(first)
+		return strings.TrimRight(line[:colon], " \t"), line[colon+1:]
 	}
 	var b strings.Builder
-	first := m.unstuffed(f.first)
-	b.Write(first[len(f.name)+1:])
+	name = string(bytes.TrimRight(first[:colon], " \t"))
+	b.Write(first[colon+1:])
 	for i := f.first + 1; i <= f.last; i++ {
 		b.WriteByte('\n')
-		b.Write(m.unstuffed(i))
+		b.Write(m.unstuffed(int(i)))
 	}
-	return strings.TrimRight(f.name, " \t"), b.String()
+	return name, b.String()
+}
+
+// headers yields each header field's name and value (see headerValue),
+// in order.
+func (m *message) headers() iter.Seq2[string, string] {
+	return func(yield func(string, string) bool) {
+		m.fields.each(func(n *tnode[field]) bool {
+			return yield(m.headerValue(&n.v))
+		})
+	}
+}
+
+// hasField reports whether a field named name (case-insensitive) has the
+// value value (case-insensitive, surrounding white space ignored).
+func (m *message) hasField(name, value string) bool {
+	for n, v := range m.headers() {
+		if strings.EqualFold(n, name) && strings.EqualFold(strings.TrimSpace(v), value) {
+			return true
+		}
+	}
+	return false
+}
+
+// lowerName appends field f's name, without trailing white space and in
+// ASCII lower case (names are ASCII: nameOf and checkHeader see to it),
+// to buf.
+func (m *message) lowerName(buf []byte, f *field) []byte {
+	var name []byte
+	if f.raw() {
+		name, _ = nameOf(m.unstuffed(int(f.first)))
+		name = bytes.TrimRight(name, " \t")
+	} else {
+		name = []byte(f.w.name)
+	}
+	for _, c := range name {
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		buf = append(buf, c)
+	}
+	return buf
 }
 
 // body calls fn with the body as the milter protocol wants it: unstuffed
 // lines ending in CRLF, in chunks of at most milter.MaxChunk bytes. fn
 // returns false to stop early (a milter that said SKIP or decided).
 func (m *message) body(buf []byte, fn func([]byte) bool) {
-	if m.bodyReplaced {
-		for b := m.newBody; len(b) > 0; {
-			n := min(len(b), milter.MaxChunk)
-			if !fn(b[:n]) {
-				return
-			}
-			b = b[n:]
-		}
+	if m.newBody != nil {
+		m.newBody.each(milter.MaxChunk, fn)
 		return
 	}
 	buf = buf[:0]
@@ -173,8 +265,24 @@ func (m *message) body(buf []byte, fn func([]byte) bool) {
 // so that the next milter sees the message as this one left it. Header
 // changes that would corrupt the message are refused and reported in
 // refused; envelope changes and quarantine are left to the caller's policy.
-func (m *message) apply(mods []milter.Modification) (refused []error) {
-	replacing := false
+//
+// repl is the store the milter's new body was streamed into (see
+// newReplacement), or nil. The message takes it over: it becomes the body
+// when mods hold a ReplaceBody, and is released otherwise. A ReplaceBody
+// with Body set appends those bytes to the new body.
+//
+// The semantics are Sendmail's and Postfix's: an insert index is 0-based
+// over all current fields (past the end appends); a change index is
+// 1-based among the fields of that name, case-insensitive, 0 meaning 1; an
+// empty value deletes; a change of a field that does not exist adds it.
+// The fields are a seq, so an insert anywhere is O(log n); the fields of
+// each name a change in this batch refers to are gathered once (one pass
+// over the header) into a seq of their own, kept in document order as
+// fields come and go, so that finding the Index-th is O(log n) and an
+// insert of such a name O(log n · log k).
+func (m *message) apply(mods []milter.Modification, repl *bodyStore) (refused []error) {
+	byName := m.namesChanged(mods)
+	var newBody *bodyStore
 	for _, mod := range mods {
 		switch mod.Kind {
 		case milter.AddHeader, milter.InsertHeader, milter.ChangeHeader:
@@ -185,51 +293,116 @@ func (m *message) apply(mods []milter.Modification) (refused []error) {
 		}
 		switch mod.Kind {
 		case milter.AddHeader:
-			m.fields = append(m.fields, written(mod))
+			m.insertField(m.fields.len(), written(mod), byName)
 		case milter.InsertHeader:
-			i := max(0, min(mod.Index, len(m.fields)))
-			m.fields = append(m.fields, field{})
-			copy(m.fields[i+1:], m.fields[i:])
-			m.fields[i] = written(mod)
+			m.insertField(max(0, min(mod.Index, m.fields.len())), written(mod), byName)
 		case milter.ChangeHeader:
-			m.changeHeader(mod)
+			m.changeHeader(mod, byName)
 		case milter.ReplaceBody:
-			if !replacing {
+			if newBody == nil {
 				// The first chunk of this milter's replacement starts a new body.
-				m.newBody, m.bodyReplaced, replacing = m.newBody[:0], true, true
+				newBody, repl = repl, nil
+				if newBody == nil {
+					newBody = m.newReplacement()
+				}
 			}
-			m.newBody = append(m.newBody, mod.Body...)
+			if mod.Body != nil {
+				_, _ = newBody.Write(mod.Body) // an error fails the message (onFail)
+			}
 		}
+	}
+	repl.release()
+	if newBody != nil {
+		m.newBody.release()
+		m.newBody = newBody
 	}
 	return refused
 }
 
+// sameName is the fields of one name, in document order; each element is
+// the field's node in message.fields.
+type sameName = seq[*tnode[field]]
+
+// namesChanged gathers, in one pass over the header, the fields of every
+// name that a ChangeHeader of mods refers to, keyed by lower-case name.
+func (m *message) namesChanged(mods []milter.Modification) map[string]*sameName {
+	var byName map[string]*sameName
+	for _, mod := range mods {
+		if mod.Kind == milter.ChangeHeader && checkHeader(mod) == nil {
+			if byName == nil {
+				byName = map[string]*sameName{}
+			}
+			byName[strings.ToLower(mod.Name)] = nil
+		}
+	}
+	if byName == nil {
+		return nil
+	}
+	found := map[string][]tnode[*tnode[field]]{}
+	var buf []byte
+	m.fields.each(func(n *tnode[field]) bool {
+		buf = m.lowerName(buf[:0], &n.v)
+		if _, ok := byName[string(buf)]; ok {
+			k := string(buf)
+			found[k] = append(found[k], tnode[*tnode[field]]{v: n})
+		}
+		return true
+	})
+	for k := range byName {
+		s := &sameName{}
+		s.build(found[k])
+		byName[k] = s
+	}
+	return byName
+}
+
+// insertField puts f at position pos of the header, and among the fields
+// of its name if a change refers to that name.
+func (m *message) insertField(pos int, f field, byName map[string]*sameName) {
+	n := m.fields.insert(pos, f)
+	if byName == nil {
+		return
+	}
+	same := byName[strings.ToLower(f.w.name)]
+	if same == nil {
+		return
+	}
+	// Its place among them: how many of them are before pos. Their
+	// positions in the header grow with theirs in same.
+	k := 0
+	for c := same.root; c != nil; {
+		if rank(c.v) < pos {
+			k += treeSize(c.l) + 1
+			c = c.r
+		} else {
+			c = c.l
+		}
+	}
+	same.insert(k, n)
+}
+
 func written(mod milter.Modification) field {
-	return field{name: mod.Name, first: -1, last: -1, value: strings.ReplaceAll(mod.Value, "\r\n", "\n")}
+	return field{first: -1, last: -1, w: &writtenHdr{name: mod.Name, value: strings.ReplaceAll(mod.Value, "\r\n", "\n")}}
 }
 
 // changeHeader changes or, with an empty value, deletes the Index-th field
 // named Name (1-based, case-insensitive; index 0 means 1, as in Postfix).
 // A change of a field that does not exist adds it, as Sendmail does.
-func (m *message) changeHeader(mod milter.Modification) {
-	want := max(mod.Index, 1)
-	seen := 0
-	for i := range m.fields {
-		if !strings.EqualFold(strings.TrimRight(m.fields[i].name, " \t"), mod.Name) {
-			continue
-		}
-		if seen++; seen < want {
-			continue
-		}
-		if strings.TrimSpace(mod.Value) == "" {
-			m.fields = append(m.fields[:i], m.fields[i+1:]...)
+func (m *message) changeHeader(mod milter.Modification, byName map[string]*sameName) {
+	same := byName[strings.ToLower(mod.Name)]
+	del := strings.TrimSpace(mod.Value) == ""
+	if want := max(mod.Index, 1); want <= same.len() {
+		sn := same.at(want - 1)
+		if del {
+			m.fields.remove(sn.v)
+			same.remove(sn)
 		} else {
-			m.fields[i] = written(mod)
+			sn.v.v = written(mod)
 		}
 		return
 	}
-	if strings.TrimSpace(mod.Value) != "" {
-		m.fields = append(m.fields, written(mod))
+	if !del {
+		m.insertField(m.fields.len(), written(mod), byName)
 	}
 }
 
@@ -238,7 +411,7 @@ func (m *message) changeHeader(mod milter.Modification) {
 // a value with NUL or a bare CR, or a line break not followed by white
 // space (which would start a new field or end the header).
 func checkHeader(mod milter.Modification) error {
-	if _, ok := fieldName([]byte(mod.Name + ":")); !ok || strings.ContainsAny(mod.Name, " \t:") {
+	if _, ok := nameOf([]byte(mod.Name + ":")); !ok || strings.ContainsAny(mod.Name, " \t:") {
 		return fmt.Errorf("%s: invalid header name %q", mod.Kind, mod.Name)
 	}
 	v := strings.ReplaceAll(mod.Value, "\r\n", "\n")
@@ -254,6 +427,8 @@ func checkHeader(mod milter.Modification) error {
 	return nil
 }
 
+var errNULInBody = errors.New("the replacement body contains a NUL byte")
+
 // emit calls fn with every line of the message as it is to be written back
 // to smtpd: dot-stuffed, without the final ".".
 func (m *message) emit(fn func(line []byte)) {
@@ -266,38 +441,84 @@ func (m *message) emit(fn func(line []byte)) {
 		}
 		fn(l)
 	}
-	for i := range m.fields {
-		f := &m.fields[i]
+	m.fields.each(func(n *tnode[field]) bool {
+		f := &n.v
 		if f.raw() {
 			for j := f.first; j <= f.last; j++ {
-				fn(m.line(j))
+				fn(m.line(int(j)))
 			}
-			continue
+			return true
 		}
-		text := f.name + ":" + f.value
+		text := f.w.name + ":" + f.w.value
 		for text != "" {
 			l, rest, _ := strings.Cut(text, "\n")
 			put([]byte(l))
 			text = rest
 		}
-	}
-	if m.separator {
+		return true
+	})
+	switch {
+	case m.separator:
 		fn(m.line(m.bodyStart - 1))
+	case m.newBody != nil:
+		// The header ended without an empty line (a header-only message,
+		// or one whose first body line is not a field): the new body
+		// gets one, or smtpd would refuse the message for a missing
+		// separator and a new body starting "X-Foo: bar" would become a
+		// header field.
+		fn(nil)
+	case m.fields.len() > 0 && m.bodyStart < m.st.count() && m.startsWithBlank(m.bodyStart):
+		// A message with no field whose first line starts with white
+		// space: once a milter adds a field, that line would continue it.
+		fn(nil)
 	}
-	if !m.bodyReplaced {
+	if m.newBody == nil {
 		m.st.each(m.bodyStart, func(l []byte) bool { fn(l); return true })
 		return
 	}
-	body := m.newBody
-	for len(body) > 0 {
-		l := body
-		if j := bytes.IndexByte(body, '\n'); j >= 0 {
-			l, body = body[:j], body[j+1:]
-		} else {
-			body = nil
+	// The new body as lines: split at LF, one CR before it dropped.
+	var partial []byte // a line that straddles two pieces
+	line := func(l []byte) {
+		if len(partial) > 0 {
+			partial = append(partial, l...)
+			l = partial
 		}
-		put(bytes.TrimSuffix(l, []byte{'\r'}))
+		l = bytes.TrimSuffix(l, []byte{'\r'})
+		if bytes.IndexByte(l, 0) >= 0 {
+			// smtpd ends a line at a NUL (it handles lines as C strings),
+			// so what follows it in the line would be lost. The milter
+			// session refuses a body with NUL before it gets here; this
+			// is the last guard: the NUL is left out of the line written
+			// and the message fails (commit tempfails, smtpd drops it).
+			m.fail(errNULInBody)
+			l = bytes.ReplaceAll(l, []byte{0}, nil)
+		}
+		put(l)
+		partial = partial[:0]
 	}
+	m.newBody.each(winSize, func(piece []byte) bool {
+		for len(piece) > 0 {
+			j := bytes.IndexByte(piece, '\n')
+			if j < 0 {
+				partial = append(partial, piece...)
+				return true
+			}
+			line(piece[:j])
+			piece = piece[j+1:]
+		}
+		return true
+	})
+	if len(partial) > 0 {
+		line(nil)
+	}
+	if err := m.newBody.err; err != nil {
+		m.fail(err)
+	}
+}
+
+func (m *message) startsWithBlank(i int) bool {
+	l := m.unstuffed(i)
+	return len(l) > 0 && (l[0] == ' ' || l[0] == '\t')
 }
 
 // emitOriginal calls fn with the lines exactly as they were received.

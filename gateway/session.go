@@ -615,7 +615,7 @@ func (s *session) filterMessage() {
 			}
 			continue
 		}
-		for _, err := range s.msg.apply(mods) {
+		for _, err := range s.msg.apply(mods, nil) {
 			s.log.Warn("refused a header change from milter", zap.String("milter", sl.name()), zap.Error(err))
 		}
 		s.policyFor(sl, mods)
@@ -670,19 +670,16 @@ func (s *session) policyFor(sl *slot, mods []milter.Modification) {
 // markJunk marks the message as smtpd's own junk decision does: an
 // "X-Spam: yes" header on top.
 func (s *session) markJunk() {
-	for i := range s.msg.fields {
-		if n, v := s.msg.headerValue(&s.msg.fields[i]); strings.EqualFold(n, "X-Spam") && strings.EqualFold(strings.TrimSpace(v), "yes") {
-			return
-		}
+	if s.msg.hasField("X-Spam", "yes") {
+		return
 	}
-	s.msg.apply([]milter.Modification{{Kind: milter.InsertHeader, Index: 0, Name: "X-Spam", Value: " yes"}})
+	s.msg.apply([]milter.Modification{{Kind: milter.InsertHeader, Index: 0, Name: "X-Spam", Value: " yes"}}, nil)
 }
 
 // messageTo sends the message to one milter: headers, end of headers, body
 // chunks (until the milter says SKIP), end of message.
 func (s *session) messageTo(sl *slot, m *milter.Session) (milter.Verdict, []milter.Modification, error) {
-	for i := range s.msg.fields {
-		name, value := s.msg.headerValue(&s.msg.fields[i])
+	for name, value := range s.msg.headers() {
 		v, err := s.observe(sl, "header", func() (milter.Verdict, error) { return m.Header(name, value) })
 		if err != nil || v.Final() {
 			return v, nil, err

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"bufio"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -19,8 +21,16 @@ type budget struct {
 // is unlinked as soon as it is created, so it disappears when it is closed
 // or the process dies, whatever happens. Once the store spills, every later
 // line goes to the file, where each line ends in '\n' (a data line never
-// contains one): the file part needs no index in memory, so a message of
-// any size costs a bounded amount of memory.
+// contains one).
+//
+// The file part is indexed so that any line can be found without reading
+// the file from its start (which made a large spilled header quadratic):
+// the length of each line as a varint (one byte for a line shorter than 128
+// bytes, three at most for smtpd's 64 KiB line limit) and, every
+// markEvery lines, the file offset reached. Lines are read through a
+// window of the file, so reading lines in order (as parse, the header
+// values, the body and emit all do) reads the file once per pass, in large
+// pieces.
 type lineStore struct {
 	mem     []byte
 	memEnds []int32 // end of each in-memory line in mem
@@ -31,8 +41,16 @@ type lineStore struct {
 	file      *os.File
 	w         *bufio.Writer
 	fileLines int
-	dataSize  int64 // bytes of all lines, without line ends
-	scratch   []byte
+	fileSize  int64      // bytes written to the file, line ends included
+	lens      []byte     // varint length of each file line
+	marks     []fileMark // where file line k*markEvery starts
+	dataSize  int64      // bytes of all lines, without line ends
+
+	win    []byte // a window of the file, for reading lines back
+	winOff int64  // file offset of win[0]
+	cur    fileMark
+	curLn  int // the file line cur points at
+	fills  int // window reads so far: what keeps the reading linear, for tests
 
 	// err is set when a spilled line could not be written or read back:
 	// the message is then incomplete and must not be delivered.
@@ -41,6 +59,18 @@ type lineStore struct {
 	// stays in memory rather than be refused.
 	spillFailed error
 }
+
+// fileMark is a place in the file: the offset where a line starts and the
+// position of its length in lens.
+type fileMark struct {
+	off  int64
+	lpos int
+}
+
+const (
+	markEvery = 64       // file lines per mark: 16 bytes of marks per 64 lines
+	winSize   = 64 << 10 // bytes read from the file at a time
+)
 
 func newLineStore(limit int, b *budget, dir string) *lineStore {
 	return &lineStore{memEnds: make([]int32, 0, 64), limit: limit, b: b, dir: dir}
@@ -77,6 +107,11 @@ func (s *lineStore) add(line string) {
 		s.err = fmt.Errorf("writing the message to a temporary file: %w", err)
 		return
 	}
+	if s.fileLines%markEvery == 0 {
+		s.marks = append(s.marks, fileMark{off: s.fileSize, lpos: len(s.lens)})
+	}
+	s.lens = binary.AppendUvarint(s.lens, uint64(len(line)))
+	s.fileSize += int64(len(line)) + 1
 	s.fileLines++
 }
 
@@ -88,10 +123,8 @@ func (s *lineStore) count() int { return len(s.memEnds) + s.fileLines }
 // size is the message's bytes, without line ends.
 func (s *lineStore) size() int64 { return s.dataSize }
 
-// line returns line i. A line from the file is found by reading the file
-// from its start (only header lines are looked up this way, and only when
-// the header itself went to disk) into a scratch buffer that the next call
-// reuses; on a read error it is empty and err is set.
+// line returns line i, valid until the next call. On a read error it is
+// empty and err is set.
 func (s *lineStore) line(i int) []byte {
 	if i < len(s.memEnds) {
 		start := int32(0)
@@ -100,9 +133,7 @@ func (s *lineStore) line(i int) []byte {
 		}
 		return s.mem[start:s.memEnds[i]]
 	}
-	var found []byte
-	s.eachInFile(i-len(s.memEnds), func(l []byte) bool { found = l; return false })
-	return found
+	return s.fileLine(i - len(s.memEnds))
 }
 
 func (s *lineStore) fail(err error) {
@@ -111,46 +142,70 @@ func (s *lineStore) fail(err error) {
 	}
 }
 
+// fileLine returns the file's line j. Its place comes from the cursor left
+// by the previous call when j is at most a mark ahead of it, otherwise
+// from the mark before j: never more than 2*markEvery lengths are decoded.
+func (s *lineStore) fileLine(j int) []byte {
+	if s.file == nil || s.err != nil || j < 0 || j >= s.fileLines {
+		return nil
+	}
+	if s.w.Buffered() > 0 {
+		if err := s.w.Flush(); err != nil {
+			s.err = fmt.Errorf("writing the message to a temporary file: %w", err)
+			return nil
+		}
+	}
+	if j < s.curLn || j-s.curLn > markEvery {
+		s.cur, s.curLn = s.marks[j/markEvery], j/markEvery*markEvery
+	}
+	for ; s.curLn < j; s.curLn++ {
+		n, k := binary.Uvarint(s.lens[s.cur.lpos:])
+		s.cur.off += int64(n) + 1
+		s.cur.lpos += k
+	}
+	n64, k := binary.Uvarint(s.lens[s.cur.lpos:])
+	off, n := s.cur.off, int(n64)
+	s.cur.off += int64(n) + 1
+	s.cur.lpos += k
+	s.curLn++
+	if off < s.winOff || off+int64(n) > s.winOff+int64(len(s.win)) {
+		if !s.fill(off, n) {
+			return nil
+		}
+	}
+	start := int(off - s.winOff)
+	return s.win[start : start+n]
+}
+
+// fill reads the window from off on: at least n bytes, winSize if the
+// file has them.
+func (s *lineStore) fill(off int64, n int) bool {
+	want := int(min(int64(max(n, winSize)), s.fileSize-off))
+	if cap(s.win) < want {
+		putBuf(s.win)
+		s.win = getBuf(want)
+	}
+	s.win = s.win[:want]
+	s.fills++
+	got, err := s.file.ReadAt(s.win, off)
+	if got < want {
+		if err == nil || errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		s.win, s.winOff = s.win[:0], 0
+		s.fail(err)
+		return false
+	}
+	s.winOff = off
+	return true
+}
+
 // each calls fn with lines from, from+1, ... in order; it stops when fn
 // returns false or on a read error.
 func (s *lineStore) each(from int, fn func(line []byte) bool) {
-	for i := from; i < len(s.memEnds); i++ {
-		if !fn(s.line(i)) {
-			return
-		}
-	}
-	s.eachInFile(max(from-len(s.memEnds), 0), fn)
-}
-
-// eachInFile calls fn with the file's lines from the skip-th on.
-func (s *lineStore) eachInFile(skip int, fn func(line []byte) bool) {
-	if s.file == nil || s.err != nil || skip >= s.fileLines {
-		return
-	}
-	if err := s.w.Flush(); err != nil {
-		s.fail(err)
-		return
-	}
-	br := bufio.NewReaderSize(io.NewSectionReader(s.file, 0, 1<<62), 32<<10)
-	for n := 0; n < s.fileLines; n++ {
-		l, err := br.ReadSlice('\n')
-		if err == bufio.ErrBufferFull {
-			// A line longer than the reader's buffer: gather it.
-			s.scratch = append(s.scratch[:0], l...)
-			for err == bufio.ErrBufferFull {
-				l, err = br.ReadSlice('\n')
-				s.scratch = append(s.scratch, l...)
-			}
-			l = s.scratch
-		}
-		if err != nil {
-			s.fail(err)
-			return
-		}
-		if n < skip {
-			continue
-		}
-		if !fn(l[:len(l)-1]) {
+	for i := from; i < s.count(); i++ {
+		l := s.line(i)
+		if s.err != nil || !fn(l) {
 			return
 		}
 	}
@@ -160,9 +215,134 @@ func (s *lineStore) eachInFile(skip int, fn func(line []byte) bool) {
 func (s *lineStore) release() {
 	s.b.used.Add(-int64(len(s.mem)))
 	putBuf(s.mem)
-	s.mem = nil
+	putBuf(s.win)
+	s.mem, s.win, s.lens, s.marks = nil, nil, nil, nil
 	if s.file != nil {
 		_ = s.file.Close()
 		s.file = nil
 	}
+}
+
+// bodyStore is a new body a milter sent (SMFIR_REPLBODY), as the milter
+// wrote it: CRLF text, not dot-stuffed. Like lineStore it stays in memory
+// up to its limit while the global budget allows, and then goes to an
+// unlinked temporary file, so that a milter that sends hundreds of
+// megabytes costs disk, not memory.
+type bodyStore struct {
+	mem   []byte // counted in b.used
+	limit int
+	b     *budget
+	dir   string
+
+	file *os.File
+	w    *bufio.Writer
+	size int64
+
+	// onFail is told of the first write error: the message the body is
+	// for must then fail rather than be delivered with a truncated body,
+	// whoever holds the store by then.
+	onFail func(error)
+	err    error
+}
+
+// Write appends p. A write error is returned and kept: every later Write
+// fails too.
+func (s *bodyStore) Write(p []byte) (int, error) {
+	if s.err != nil {
+		return 0, s.err
+	}
+	if s.b == nil {
+		return 0, errors.New("replacement body written after its release")
+	}
+	if s.file == nil && (len(s.mem)+len(p) > s.limit || s.b.used.Load()+int64(len(p)) > s.b.max) {
+		f, err := os.CreateTemp(s.dir, "filter-milter-*.body")
+		if err != nil {
+			return 0, s.failWith(err)
+		}
+		_ = os.Remove(f.Name())
+		s.file, s.w = f, bufio.NewWriterSize(f, 32<<10)
+		if _, err := s.w.Write(s.mem); err != nil {
+			return 0, s.failWith(err)
+		}
+		s.b.used.Add(-int64(len(s.mem)))
+		putBuf(s.mem)
+		s.mem = nil
+	}
+	s.size += int64(len(p))
+	if s.file == nil {
+		s.mem = growBuf(s.mem, len(p))
+		s.mem = append(s.mem, p...)
+		s.b.used.Add(int64(len(p)))
+		return len(p), nil
+	}
+	if _, err := s.w.Write(p); err != nil {
+		return 0, s.failWith(err)
+	}
+	return len(p), nil
+}
+
+func (s *bodyStore) failWith(err error) error {
+	if s.err == nil {
+		s.err = fmt.Errorf("keeping a replacement body in a temporary file: %w", err)
+		if s.onFail != nil {
+			s.onFail(s.err)
+		}
+	}
+	return s.err
+}
+
+// each calls fn with the body in pieces of piece bytes (the last may be
+// shorter), in order, each valid until the next call; it stops when fn
+// returns false or on an error (kept in err, and failing the message).
+func (s *bodyStore) each(piece int, fn func([]byte) bool) {
+	if s.err != nil {
+		return
+	}
+	if s.file == nil {
+		for b := s.mem; len(b) > 0; {
+			n := min(len(b), piece)
+			if !fn(b[:n]) {
+				return
+			}
+			b = b[n:]
+		}
+		return
+	}
+	if err := s.w.Flush(); err != nil {
+		s.failWith(err)
+		return
+	}
+	buf := getBuf(piece)[:piece]
+	defer putBuf(buf)
+	for off := int64(0); off < s.size; {
+		want := int(min(int64(piece), s.size-off))
+		n, err := s.file.ReadAt(buf[:want], off)
+		if n < want {
+			if err == nil || errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			s.failWith(err)
+			return
+		}
+		off += int64(n)
+		if !fn(buf[:n]) {
+			return
+		}
+	}
+}
+
+// release frees the memory and closes the file. It is safe to call twice
+// and on a nil store.
+func (s *bodyStore) release() {
+	if s == nil || s.b == nil {
+		return
+	}
+	s.b.used.Add(-int64(len(s.mem)))
+	putBuf(s.mem)
+	s.mem = nil
+	if s.file != nil {
+		_ = s.file.Close()
+		s.file, s.w = nil, nil
+	}
+	s.b = nil
 }

@@ -18,6 +18,21 @@ import (
 // change, and allocates nothing per connection or packet once warm.
 func StartNull(tb testing.TB, actions uint32) string {
 	tb.Helper()
+	return startNull(tb, actions, 0)
+}
+
+// StartNullNoHeaderReply is StartNull for a null milter that also
+// negotiates SMFIP_NR_HDR: it sends no reply to a header, so the MTA sends
+// the header fields one after the other without a round trip each.
+func StartNullNoHeaderReply(tb testing.TB, actions uint32) string {
+	tb.Helper()
+	return startNull(tb, actions, protoNoHeaderReply)
+}
+
+const protoNoHeaderReply = 0x80 // SMFIP_NR_HDR
+
+func startNull(tb testing.TB, actions, protocol uint32) string {
+	tb.Helper()
 	dir, err := os.MkdirTemp("", "fm-bench-")
 	if err != nil {
 		tb.Fatal(err)
@@ -29,6 +44,7 @@ func StartNull(tb testing.TB, actions uint32) string {
 	}
 	optneg := []byte{0, 0, 0, 13, 'O', 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0}
 	binary.BigEndian.PutUint32(optneg[9:], actions)
+	binary.BigEndian.PutUint32(optneg[13:], protocol)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	conns := map[net.Conn]bool{}
@@ -46,7 +62,7 @@ func StartNull(tb testing.TB, actions uint32) string {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				serveNull(c, optneg)
+				serveNull(c, optneg, protocol&protoNoHeaderReply != 0)
 				mu.Lock()
 				delete(conns, c)
 				mu.Unlock()
@@ -77,7 +93,7 @@ var nullPool = sync.Pool{New: func() any {
 	return &nullBufs{r: bufio.NewReaderSize(nil, 64<<10), w: bufio.NewWriterSize(nil, 4<<10), buf: make([]byte, 0, 64<<10)}
 }}
 
-func serveNull(c net.Conn, optneg []byte) {
+func serveNull(c net.Conn, optneg []byte, noHeaderReply bool) {
 	bufs := nullPool.Get().(*nullBufs)
 	defer nullPool.Put(bufs)
 	r, w := bufs.r, bufs.w
@@ -107,6 +123,11 @@ func serveNull(c net.Conn, optneg []byte) {
 		case 'Q': // SMFIC_QUIT
 			_ = w.Flush()
 			return
+		case 'L': // SMFIC_HEADER
+			if !noHeaderReply {
+				reply[4] = 'c'
+				_, _ = w.Write(reply[:])
+			}
 		case 'E': // SMFIC_BODYEOB: accept
 			reply[4] = 'a'
 			_, _ = w.Write(reply[:])
