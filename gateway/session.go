@@ -602,20 +602,26 @@ func (s *session) filterMessage() {
 		if s.discard || s.commit.decision != protocol.Proceed {
 			return
 		}
-		var mods []milter.Modification
+		var (
+			mods []milter.Modification
+			repl *bodyStore // where this milter's replacement body goes, spilling to disk as the message does
+		)
 		v, err := s.do(sl, "message", func(m *milter.Session) (milter.Verdict, error) {
+			repl.release() // a failed endpoint's partial body, when the pool moves to another
+			repl = s.msg.newReplacement()
 			var v milter.Verdict
 			var err error
-			v, mods, err = s.messageTo(sl, m)
+			v, mods, err = s.messageTo(sl, m, repl)
 			return v, err
 		}, false)
 		if err != nil {
+			repl.release()
 			if a, stop := s.milterFailed(sl, err); stop {
 				s.commit = a
 			}
 			continue
 		}
-		for _, err := range s.msg.apply(mods, nil) {
+		for _, err := range s.msg.apply(mods, repl) {
 			s.log.Warn("refused a header change from milter", zap.String("milter", sl.name()), zap.Error(err))
 		}
 		s.policyFor(sl, mods)
@@ -678,7 +684,10 @@ func (s *session) markJunk() {
 
 // messageTo sends the message to one milter: headers, end of headers, body
 // chunks (until the milter says SKIP), end of message.
-func (s *session) messageTo(sl *slot, m *milter.Session) (milter.Verdict, []milter.Modification, error) {
+//
+// A replacement body is streamed into repl as the milter sends it, so that
+// a milter cannot make the gateway hold a body of any size in memory.
+func (s *session) messageTo(sl *slot, m *milter.Session, repl *bodyStore) (milter.Verdict, []milter.Modification, error) {
 	for name, value := range s.msg.headers() {
 		v, err := s.observe(sl, "header", func() (milter.Verdict, error) { return m.Header(name, value) })
 		if err != nil || v.Final() {
@@ -706,7 +715,7 @@ func (s *session) messageTo(sl *slot, m *milter.Session) (milter.Verdict, []milt
 	var mods []milter.Modification
 	v, err = s.observe(sl, "eom", func() (milter.Verdict, error) {
 		var err error
-		v, mods, err = m.End()
+		v, mods, err = m.End(repl)
 		return v, err
 	})
 	if err == nil && len(mods) > 0 {
