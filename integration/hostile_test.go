@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -522,6 +524,16 @@ func hostileProgressForever(hc *harness.HostileConn) error {
 	}
 }
 
+// hostileSilent answers nothing until filter-milter closes the connection.
+func hostileSilent(hc *harness.HostileConn) error {
+	select {
+	case <-hc.WatchEOF():
+		return fmt.Errorf("closed by filter-milter")
+	case <-hc.Halted():
+		return fmt.Errorf("halted")
+	}
+}
+
 // TestHostileProgress: a milter that answers with PROGRESS for ever.
 func TestHostileProgress(t *testing.T) {
 	forEachSMTPD(t, func(t *testing.T, v harness.SMTPDVersion) {
@@ -556,17 +568,21 @@ func TestHostileProgress(t *testing.T) {
 			hostileOneLine(t, s)
 		})
 		// The client goes away while the milter sends PROGRESS at end of
-		// message: smtpd reports link-disconnect, and filter-milter must
-		// close the milter's connection then, not when the 10-minute
-		// end-of-message bound runs out. Today the milter session lives on
-		// as long as the milter keeps sending PROGRESS.
+		// message. smtpd does not read from the client while it waits for
+		// its filter (neither 6.8 nor 7.4 logs the disconnect then), so it
+		// reports link-disconnect only once filter-milter answered, here
+		// when the 3 s -eom-timeout ran out; filter-milter must then have
+		// closed the milter's connection (hang guard: within the bound plus
+		// margin). Today the milter's connection lives as long as the
+		// milter keeps sending PROGRESS. TestHostileLinkDisconnect sends
+		// link-disconnect itself, while the milter is still busy.
 		t.Run("client-disconnects", func(t *testing.T) {
 			m := harness.StartHostileMilter(t, harness.HostileScript{At: map[byte]func(*harness.HostileConn) error{harness.MilterEOM: hostileProgressForever}})
-			s := hostileSMTPD(t, v, hostileArgs(m))
-			hostileDisconnectAtEOM(t, s, m, hostileMessage("progress-disconnect"))
+			s := hostileSMTPD(t, v, hostileArgs(m, "-content-timeout", "2s", "-eom-timeout", "3s"))
+			hostileDisconnectAt(t, s, m, hostileMessage("progress-disconnect"), harness.MilterEOM)
 			start := time.Now()
-			if e, ok := m.WaitEvent("eof", hostileMargin); !ok {
-				t.Errorf("the milter's connection was still open %v after the client disconnected: filter-milter did not close it; the milter saw: %v", hostileMargin, hostileEventList(m))
+			if e, ok := m.WaitEvent("eof", 3*time.Second+hostileMargin); !ok {
+				t.Errorf("the milter's connection was still open %v after the client disconnected: filter-milter did not close it; the milter saw: %v", 3*time.Second+hostileMargin, hostileEventList(m))
 			} else {
 				t.Logf("the milter saw filter-milter close its connection %v after the client disconnected", e.At.Sub(start).Round(time.Millisecond))
 			}
@@ -576,10 +592,11 @@ func TestHostileProgress(t *testing.T) {
 	})
 }
 
-// hostileDisconnectAtEOM sends msg and its final "." on a plain
-// connection, waits until the milter is in end of message, and closes the
-// connection without reading the reply.
-func hostileDisconnectAtEOM(t *testing.T, s *harness.SMTPD, m *harness.HostileMilter, msg harness.Message) {
+// hostileDisconnectAt runs an SMTP session for msg on a plain connection
+// up to the command that makes filter-milter send the milter command code
+// (MAIL for 'M', the final "." for 'E'), waits until the milter is in that
+// command's script, and closes the connection without reading the reply.
+func hostileDisconnectAt(t *testing.T, s *harness.SMTPD, m *harness.HostileMilter, msg harness.Message, code byte) {
 	t.Helper()
 	c, err := net.Dial("tcp4", "127.0.0.1:"+strconv.Itoa(s.Port("milter")))
 	if err != nil {
@@ -587,15 +604,21 @@ func hostileDisconnectAtEOM(t *testing.T, s *harness.SMTPD, m *harness.HostileMi
 	}
 	defer c.Close()
 	// Each command waits for its reply (smtpd 7.4 refuses pipelining
-	// when a filter is on the listener); the reply to the message is
-	// never read: the client vanishes.
+	// when a filter is on the listener), but the last one's.
 	br := bufio.NewReader(c)
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-	for _, cmd := range []string{"", "EHLO " + harness.ClientHelo, "MAIL FROM:<" + msg.From + ">", "RCPT TO:<" + msg.To[0] + ">", "DATA"} {
+	cmds := []string{"", "EHLO " + harness.ClientHelo, "MAIL FROM:<" + msg.From + ">", "RCPT TO:<" + msg.To[0] + ">", "DATA"}
+	if code == harness.MilterMail {
+		cmds = cmds[:3]
+	}
+	for i, cmd := range cmds {
 		if cmd != "" {
 			if _, err := c.Write([]byte(cmd + "\r\n")); err != nil {
 				t.Fatalf("write %q to smtpd: %v", cmd, err)
 			}
+		}
+		if code == harness.MilterMail && i == len(cmds)-1 {
+			break
 		}
 		for {
 			l, err := br.ReadString('\n')
@@ -607,15 +630,17 @@ func hostileDisconnectAtEOM(t *testing.T, s *harness.SMTPD, m *harness.HostileMi
 			}
 		}
 	}
-	if _, err := c.Write(append(harness.WireData(msg.Data), '\r', '\n')); err != nil {
-		t.Fatalf("write the message: %v", err)
+	if code == harness.MilterEOM {
+		if _, err := c.Write(append(harness.WireData(msg.Data), '\r', '\n')); err != nil {
+			t.Fatalf("write the message: %v", err)
+		}
 	}
 	select {
-	case <-m.Started(harness.MilterEOM):
+	case <-m.Started(code):
 	case <-time.After(30 * time.Second):
-		t.Fatalf("the milter never got end of message; it saw: %v", hostileEventList(m))
+		t.Fatalf("the milter never got command %q; it saw: %v", code, hostileEventList(m))
 	}
-	t.Logf("the milter is sending PROGRESS at end of message; the client disconnects")
+	t.Logf("the milter is in command %q; the client disconnects", code)
 }
 
 func hostileEventList(m *harness.HostileMilter) string {
@@ -767,4 +792,198 @@ func TestHostileStrictProtocol(t *testing.T) {
 			}
 		}
 	})
+}
+
+// ---------------------------------------------------------------------------
+// f. link-disconnect while a milter is busy
+
+// TestHostileLinkDisconnect plays smtpd itself on filter-milter's stdin
+// (the built binary, as smtpd runs it) and reports link-disconnect while
+// the milter is busy: sending PROGRESS at end of message, or saying
+// nothing at MAIL (a minute of command timeout). Real smtpd does not send
+// that report while it waits for its filter (see TestHostileProgress), but
+// it may (its session timeout, a future version), and filter-milter's
+// reaping and shutdown take the same path: the session's milter
+// connection must be closed at once, not when the milter stops or a
+// timeout runs out. The bound checked (10 s) is a hang guard.
+func TestHostileLinkDisconnect(t *testing.T) {
+	cases := []struct {
+		name  string
+		code  byte
+		until string // the last request sent before link-disconnect
+	}{
+		{"progress-at-eom", harness.MilterEOM, "eom"},
+		{"silent-at-mail", harness.MilterMail, "mail-from"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := hostileProgressForever
+			if c.code == harness.MilterMail {
+				f = hostileSilent
+			}
+			m := harness.StartHostileMilter(t, harness.HostileScript{At: map[byte]func(*harness.HostileConn) error{c.code: f}})
+			p := startFilterProc(t, hostileArgs(m, "-command-timeout", "1m", "-content-timeout", "1m", "-shutdown-timeout", "2s"))
+			p.handshake(t)
+			p.session(t, c.until)
+			select {
+			case <-m.Started(c.code):
+			case <-time.After(30 * time.Second):
+				t.Fatalf("the milter never got command %q; it saw: %v", c.code, hostileEventList(m))
+			}
+			p.send(t, filterReport("link-disconnect"))
+			start := time.Now()
+			if e, ok := m.WaitEvent("eof", hostileMargin); !ok {
+				t.Errorf("the milter's connection was still open %v after link-disconnect: filter-milter did not close it; the milter saw: %v", hostileMargin, hostileEventList(m))
+			} else {
+				t.Logf("filter-milter closed the milter's connection %v after link-disconnect", e.At.Sub(start).Round(time.Millisecond))
+			}
+			p.stop(t)
+		})
+	}
+}
+
+// filterProc is the filter-milter binary on pipes, with the test playing
+// smtpd 6.8 (filter protocol 0.6).
+type filterProc struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	lines  chan string
+	stderr *lockedBuffer
+	done   chan error
+}
+
+func startFilterProc(t *testing.T, args []string) *filterProc {
+	t.Helper()
+	cmd := exec.Command(harness.BuildFilterMilter(t), args...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &filterProc{cmd: cmd, stdin: stdin, lines: make(chan string, 1024), stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	cmd.Stderr = p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+	}()
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("filter-milter's stderr:\n%s", p.stderr.String())
+		}
+	})
+	return p
+}
+
+func (p *filterProc) send(t *testing.T, lines ...string) {
+	t.Helper()
+	for _, l := range lines {
+		if _, err := io.WriteString(p.stdin, l+"\n"); err != nil {
+			t.Fatalf("write to filter-milter: %v; stderr:\n%s", err, p.stderr.String())
+		}
+	}
+}
+
+// expect reads the next stdout line, which must be want.
+func (p *filterProc) expect(t *testing.T, want string) {
+	t.Helper()
+	select {
+	case l, ok := <-p.lines:
+		if !ok {
+			t.Fatalf("filter-milter closed stdout, want %q; stderr:\n%s", want, p.stderr.String())
+		}
+		if l != want {
+			t.Fatalf("filter-milter wrote %q, want %q", l, want)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("filter-milter wrote nothing in 30 s, want %q", want)
+	}
+}
+
+func (p *filterProc) handshake(t *testing.T) {
+	t.Helper()
+	p.send(t, "config|smtpd-version|6.8.0p2", "config|smtp-session-timeout|300", "config|subsystem|smtp-in",
+		"config|admd|mx.test.example", "config|ready")
+	for {
+		select {
+		case l, ok := <-p.lines:
+			if !ok {
+				t.Fatalf("filter-milter closed stdout during the handshake; stderr:\n%s", p.stderr.String())
+			}
+			if l == "register|ready" {
+				return
+			}
+			if !strings.HasPrefix(l, "register|") {
+				t.Fatalf("unexpected line during the handshake: %q", l)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("filter-milter did not register in 30 s; stderr:\n%s", p.stderr.String())
+		}
+	}
+}
+
+const (
+	filterSID = "cda4ad7207385219"
+	filterTok = "e4c8847d2b7a625b"
+)
+
+func filterReport(event string, fields ...string) string {
+	return strings.Join(append([]string{"report|0.6|1795504415.685235|smtp-in|" + event + "|" + filterSID}, fields...), "|")
+}
+
+func filterRequest(phase, param string) string {
+	return "filter|0.6|1795504415.685300|smtp-in|" + phase + "|" + filterSID + "|" + filterTok + "|" + param
+}
+
+func filterResult(decision string) string {
+	return "filter-result|" + filterSID + "|" + filterTok + "|" + decision
+}
+
+// session plays one SMTP session up to until: "mail-from" (the MAIL
+// request is sent, its answer not awaited) or "eom" (the whole message
+// and its final "." are sent, nothing more awaited).
+func (p *filterProc) session(t *testing.T, until string) {
+	t.Helper()
+	p.send(t, filterReport("link-connect", "localhost", "pass", "127.0.0.1:47092", "127.0.0.1:2525"), filterRequest("connect", "localhost|127.0.0.1"))
+	p.expect(t, filterResult("proceed"))
+	p.send(t, filterReport("link-greeting", "mx.test.example"), filterReport("protocol-client", "ehlo client.example"), filterRequest("ehlo", "client.example"))
+	p.expect(t, filterResult("proceed"))
+	p.send(t, filterReport("protocol-client", "MAIL FROM:<a@test.example>"), filterRequest("mail-from", "a@test.example"))
+	if until == "mail-from" {
+		return
+	}
+	p.expect(t, filterResult("proceed"))
+	p.send(t, filterReport("tx-begin", "2a4946c4"), filterReport("protocol-client", "RCPT TO:<b@test.example>"), filterRequest("rcpt-to", "b@test.example"))
+	p.expect(t, filterResult("proceed"))
+	p.send(t, filterRequest("data", ""))
+	p.expect(t, filterResult("proceed"))
+	for _, l := range []string{"From: a@test.example", "To: b@test.example", "Subject: busy milter", "", "body", "."} {
+		p.send(t, filterRequest("data-line", l))
+	}
+}
+
+// stop closes stdin, as smtpd does when it exits, and waits for the
+// process, which must end on its own.
+func (p *filterProc) stop(t *testing.T) {
+	t.Helper()
+	_ = p.stdin.Close()
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Errorf("filter-milter exited with %v after stdin closed; stderr:\n%s", err, p.stderr.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Errorf("filter-milter did not exit within 60 s after stdin closed")
+	}
 }
