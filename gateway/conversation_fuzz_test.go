@@ -63,7 +63,7 @@ const (
 	opAccept
 	opReject
 	opTempfail
-	opReplyCode // n, n bytes of reply text
+	opReplyCode // n, n bytes of reply text, r: with r > 0 the text repeated r*16 times and a last line "NNN 5.7.1 end"
 	opProgress
 	opAddHeader // n, name, m, value
 	opInsHeader // index byte, n, name, m, value
@@ -131,7 +131,13 @@ func (s *fuzzScript) answer() (out []byte, closeConn bool) {
 		case opTempfail:
 			pkt('t', nil)
 		case opReplyCode:
-			pkt('y', append(s.bytes(), 0))
+			text := s.bytes()
+			r, _ := s.byte()
+			if r > 0 {
+				// smfi_setmlreply's form: the lines, then the last one.
+				text = []byte(strings.Repeat(string(text), int(r)*16) + string(text[:min(3, len(text))]) + " 5.7.1 end")
+			}
+			pkt('y', append(text, 0))
 		case opProgress:
 			pkt('p', nil)
 		case opAddHeader:
@@ -546,6 +552,7 @@ func (s *fuzzSession) check(l string) (protocol.Decision, bool) {
 func fuzzSeeds() [][]byte {
 	last := func(op byte) byte { return op | opLast }
 	mlReply := "550-5.7.1 one\r\n550-5.7.1 two\r\n550 5.7.1 three three three"
+	longLine := "550-5.7.1 " + strings.Repeat("word ", 40) + "\r\n"
 	return [][]byte{
 		// tempfail, no actions, all CONTINUE
 		{0, 0, 0, 0},
@@ -553,7 +560,9 @@ func fuzzSeeds() [][]byte {
 		{1, 0x03, 0, 0, 9, last(opContinue), last(opContinue), last(opContinue), last(opContinue), last(opContinue),
 			last(opContinue), last(opContinue), last(opContinue), last(opContinue), opProgress, opAddHeader, 3, 'X', '-', 'A', 1, 'v', last(opContinue)},
 		// a multi-line reply at the first command
-		append([]byte{0, 0, 0, 1, 0, opReplyCode, byte(len(mlReply))}, mlReply...),
+		append(append([]byte{0, 0, 0, 1, 0, opReplyCode, byte(len(mlReply))}, mlReply...), 0),
+		// a 465-line reply at RCPT, about 100 KB (smtpd 7.4 exits past 16 KiB)
+		append(append([]byte{0, 0, 0, 0, 0, last(opContinue), last(opContinue), last(opContinue), opReplyCode, byte(len(longLine))}, longLine...), 29),
 		// a second answer to connect
 		{2, 0, 0, 2, 0, opContinue, last(opContinue)},
 		// an answer before connect
