@@ -572,9 +572,10 @@ func fuzzSeeds() [][]byte {
 			last(opContinue), last(opContinue), last(opContinue), opBody, 8, 'X', '-', 'F', ':', ' ', 0, '\r', '\n', 0, last(opContinue)},
 		// garbage at MAIL
 		{0, 0, 0, 0, 0, last(opContinue), last(opContinue), opGarbage, 5, 0xff, 0xff, 0xff, 0xf0, 'c'},
-		// an add-header flood
+		// 65,536 add-headers at end of message (connect, helo, mail, rcpt,
+		// data, 3 headers, end of headers and body answered first)
 		{1, 0x01, 0, 0, 0, last(opContinue), last(opContinue), last(opContinue), last(opContinue), last(opContinue),
-			last(opContinue), last(opContinue), last(opContinue), opFlood, 16, last(opContinue)},
+			last(opContinue), last(opContinue), last(opContinue), last(opContinue), last(opContinue), opFlood, 64, last(opContinue)},
 		// the milter closes at RCPT
 		{0, 0, 0, 0, 0, last(opContinue), last(opContinue), last(opContinue), opClose},
 	}
