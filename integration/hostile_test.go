@@ -580,7 +580,7 @@ func TestHostileProgress(t *testing.T) {
 		t.Run("client-disconnects", func(t *testing.T) {
 			m := harness.StartHostileMilter(t, harness.HostileScript{At: map[byte]func(*harness.HostileConn) error{harness.MilterEOM: hostileProgressForever}})
 			s := hostileSMTPD(t, v, hostileArgs(m, "-content-timeout", "2s", "-eom-timeout", "3s"))
-			hostileDisconnectAt(t, s, m, hostileMessage("progress-disconnect"), harness.MilterEOM)
+			hostileDisconnectAtEOM(t, s, m, hostileMessage("progress-disconnect"))
 			start := time.Now()
 			if e, ok := m.WaitEvent("eof", 3*time.Second+hostileMargin); !ok {
 				t.Errorf("the milter's connection was still open %v after the client disconnected: filter-milter did not close it; the milter saw: %v", 3*time.Second+hostileMargin, hostileEventList(m))
@@ -593,33 +593,25 @@ func TestHostileProgress(t *testing.T) {
 	})
 }
 
-// hostileDisconnectAt runs an SMTP session for msg on a plain connection
-// up to the command that makes filter-milter send the milter command code
-// (MAIL for 'M', the final "." for 'E'), waits until the milter is in that
-// command's script, and closes the connection without reading the reply.
-func hostileDisconnectAt(t *testing.T, s *harness.SMTPD, m *harness.HostileMilter, msg harness.Message, code byte) {
+// hostileDisconnectAtEOM sends msg and its final "." on a plain
+// connection, waits until the milter is in end of message, and closes the
+// connection without reading the reply.
+func hostileDisconnectAtEOM(t *testing.T, s *harness.SMTPD, m *harness.HostileMilter, msg harness.Message) {
 	t.Helper()
 	c, err := net.Dial("tcp4", "127.0.0.1:"+strconv.Itoa(s.Port("milter")))
 	if err != nil {
 		t.Fatalf("connect to smtpd: %v", err)
 	}
 	defer c.Close()
-	// Each command waits for its reply (smtpd 7.4 refuses pipelining
-	// when a filter is on the listener), but the last one's.
+	// Each command waits for its reply: smtpd 7.4 refuses pipelining
+	// when a filter is on the listener.
 	br := bufio.NewReader(c)
 	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-	cmds := []string{"", "EHLO " + harness.ClientHelo, "MAIL FROM:<" + msg.From + ">", "RCPT TO:<" + msg.To[0] + ">", "DATA"}
-	if code == harness.MilterMail {
-		cmds = cmds[:3]
-	}
-	for i, cmd := range cmds {
+	for _, cmd := range []string{"", "EHLO " + harness.ClientHelo, "MAIL FROM:<" + msg.From + ">", "RCPT TO:<" + msg.To[0] + ">", "DATA"} {
 		if cmd != "" {
 			if _, err := c.Write([]byte(cmd + "\r\n")); err != nil {
 				t.Fatalf("write %q to smtpd: %v", cmd, err)
 			}
-		}
-		if code == harness.MilterMail && i == len(cmds)-1 {
-			break
 		}
 		for {
 			l, err := br.ReadString('\n')
@@ -631,17 +623,15 @@ func hostileDisconnectAt(t *testing.T, s *harness.SMTPD, m *harness.HostileMilte
 			}
 		}
 	}
-	if code == harness.MilterEOM {
-		if _, err := c.Write(append(harness.WireData(msg.Data), '\r', '\n')); err != nil {
-			t.Fatalf("write the message: %v", err)
-		}
+	if _, err := c.Write(append(harness.WireData(msg.Data), '\r', '\n')); err != nil {
+		t.Fatalf("write the message: %v", err)
 	}
 	select {
-	case <-m.Started(code):
+	case <-m.Started(harness.MilterEOM):
 	case <-time.After(30 * time.Second):
-		t.Fatalf("the milter never got command %q; it saw: %v", code, hostileEventList(m))
+		t.Fatalf("the milter never got end of message; it saw: %v", hostileEventList(m))
 	}
-	t.Logf("the milter is in command %q; the client disconnects", code)
+	t.Logf("the milter is in end of message; the client disconnects")
 }
 
 func hostileEventList(m *harness.HostileMilter) string {
