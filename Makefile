@@ -41,12 +41,14 @@ test: deps fmt-check vet
 	$(MAKE) fuzz bench-smoke
 
 # The fuzz targets, each for a short fixed time: the filter protocol line
-# parser, the message model and modification applier, the milter replies.
+# parser, the message model and modification applier, the milter replies,
+# whole milter conversations driven by the fuzzer through the gateway.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./protocol
 	$(GO) test -run '^$$' -fuzz '^FuzzMessage$$' -fuzztime $(FUZZTIME) ./gateway
 	$(GO) test -run '^$$' -fuzz '^FuzzReplies$$' -fuzztime $(FUZZTIME) ./milter
+	$(GO) test -run '^$$' -fuzz '^FuzzMilterConversation$$' -fuzztime $(FUZZTIME) ./gateway
 
 # Every Go benchmark once, so that they keep compiling and working; real
 # figures come from `make bench`.
