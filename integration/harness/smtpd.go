@@ -51,7 +51,7 @@ var (
 		Binary: "/opt/opensmtpd-7.6-root" + chrootedBinary,
 		Root:   "/opt/opensmtpd-7.6-root",
 		Hint: "run .ci/install-deps (`make deps`): it makes the trixie root with " +
-			"`debootstrap --variant=minbase --include=opensmtpd,python3-minimal trixie /opt/opensmtpd-7.6-root " +
+			"`debootstrap --variant=minbase --include=opensmtpd,python3-minimal,ca-certificates trixie /opt/opensmtpd-7.6-root " +
 			"http://deb.debian.org/debian` (apt-get install debootstrap) and writes its stamp file " +
 			"/opt/opensmtpd-7.6-root/" + rootStamp,
 	}
