@@ -303,9 +303,20 @@ func (s *SMTPD) launch(tb TB, e *Env, binary, flags, text, resolv string) {
 			extra = fmt.Sprintf("mount --bind '%s' /usr/libexec/opensmtpd\n", libexec)
 		}
 	}
-	exe := shellQuote(binary)
+	// smtpd -d logs every line of every one of its processes (and each
+	// stderr line of a filter, which its lka process relays) with
+	// vfprintf to the stderr they share, which stdio leaves unbuffered.
+	// glibc 2.37 and later (trixie's, 7.6's root) write such output in
+	// 128-byte pieces, so two processes' lines longer than that get
+	// mixed up in smtpd.log, and a test that looks for a session's filter
+	// line misses it; bookworm's glibc writes each line at once. Line
+	// buffering (coreutils' stdbuf, an LD_PRELOAD that the children
+	// smtpd forks and execs inherit) makes every line one write again on
+	// every version.
+	exe, daemon := shellQuote(binary), "stdbuf -eL "+shellQuote(binary)
 	if root != "" {
-		exe = "chroot " + shellQuote(root) + " " + chrootedBinary
+		chroot := "chroot " + shellQuote(root) + " "
+		exe, daemon = chroot+chrootedBinary, chroot+"/usr/bin/stdbuf -eL "+chrootedBinary
 	}
 	prelude := fmt.Sprintf(`#!/bin/sh
 # Runs inside "unshare --mount --propagation private".
@@ -332,7 +343,7 @@ if [ -e "$resolv" ]; then mount --bind '%s' "$resolv"; fi
 	} else {
 		tb.Logf("harness: %s: %v %s", strings.Join(version, " "), err, out)
 	}
-	launcher := e.WriteFile("smtpd-launch.sh", []byte(prelude+fmt.Sprintf("exec %s %s -f '%s'\n", exe, flags, s.ConfPath)), 0o755)
+	launcher := e.WriteFile("smtpd-launch.sh", []byte(prelude+fmt.Sprintf("exec %s %s -f '%s'\n", daemon, flags, s.ConfPath)), 0o755)
 	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
 	s.Proc = e.Start("smtpd", env, "unshare", "--mount", "--propagation", "private", "/bin/sh", launcher)
 }
