@@ -1,6 +1,7 @@
 # filter-milter
 #
-#   make deps   install the integration test dependencies (root, Debian bookworm)
+#   make deps   install the integration test dependencies (root, Debian bookworm;
+#               smtpd 7.6 comes in a trixie root made with debootstrap, kept in /opt)
 #   make test   deps, gofmt check, go vet, go test -race (unit + integration)
 #   make demo   deps, then a live run: OpenSMTPD -> filter-milter -> opendkim
 

@@ -20,6 +20,8 @@ import (
 // /tmp (or TempBase, bound at the same path), and the milters listen on
 // loopback or on unix sockets in the test directory, which the chrooted
 // filter reaches as the host does (same network namespace, same paths).
+// The binds live and die with the namespace: a second start makes fresh
+// ones and finds no stale bind of a test directory removed since.
 //
 // smtpd inside the root resolves users in the root's /etc/passwd: the
 // filter proc runs as its opensmtpd, the mda as its mailsink. syncRootUsers
@@ -44,9 +46,9 @@ func smtpdRoot(binary string) string {
 	return ""
 }
 
-// requireRoot fails the test unless root is complete (has smtpd and the
+// requireSMTPDRoot fails the test unless root is complete (has smtpd and the
 // stamp file).
-func requireRoot(tb TB, root, hint string) {
+func requireSMTPDRoot(tb TB, root, hint string) {
 	tb.Helper()
 	if _, err := os.Stat(filepath.Join(root, chrootedBinary)); err != nil {
 		tb.Fatalf("harness: %s has no %s (%v); %s", root, chrootedBinary, err, hint)

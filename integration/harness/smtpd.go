@@ -90,7 +90,7 @@ func SMTPDVersions() []SMTPDVersion {
 func (v SMTPDVersion) Require(tb TB) {
 	tb.Helper()
 	if v.Root != "" {
-		requireRoot(tb, v.Root, v.Hint)
+		requireSMTPDRoot(tb, v.Root, v.Hint)
 		return
 	}
 	if _, err := os.Stat(v.Binary); err != nil {
@@ -128,7 +128,7 @@ type Listener struct {
 
 // SMTPDConfig describes one smtpd instance.
 type SMTPDConfig struct {
-	Binary    string     // default /usr/sbin/smtpd
+	Binary    string     // default /usr/sbin/smtpd; SMTPD76.Binary runs chrooted in SMTPD76.Root
 	Listeners []Listener // default: one listener "milter" without a filter
 	Verbose   bool       // smtpd -v
 	Trace     string     // smtpd -T <trace>, e.g. "filters"
