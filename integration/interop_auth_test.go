@@ -8,15 +8,32 @@ import (
 	"github.com/filter-milter/filter-milter/integration/harness"
 )
 
-// TestInteropOpenDKIMSignsAuthenticated runs OpenSMTPD 7.4 with STARTTLS
-// and AUTH (6.8's STARTTLS is broken with OpenSSL 3) → filter-milter →
-// opendkim signing, with InternalHosts NOT containing 127.0.0.1: opendkim
-// signs only because filter-milter passes {auth_authen}. A message sent
-// after AUTH gets a DKIM-Signature that go-msgauth verifies; the same
-// message sent over TLS without AUTH is delivered unsigned.
+// TestInteropOpenDKIMSignsAuthenticated runs OpenSMTPD with STARTTLS and
+// AUTH → filter-milter → opendkim signing, with InternalHosts NOT
+// containing 127.0.0.1: opendkim signs only because filter-milter passes
+// {auth_authen}. A message sent after AUTH gets a DKIM-Signature that
+// go-msgauth verifies; the same message sent over TLS without AUTH is
+// delivered unsigned. It runs on every selected version but 6.8, whose
+// STARTTLS is broken with OpenSSL 3; when only 6.8 is selected, on 7.4.
 func TestInteropOpenDKIMSignsAuthenticated(t *testing.T) {
-	v := harness.SMTPD74
-	v.Require(t)
+	var vs []harness.SMTPDVersion
+	for _, v := range harness.SMTPDVersions() {
+		if v.Name != harness.SMTPD68.Name {
+			vs = append(vs, v)
+		}
+	}
+	if len(vs) == 0 {
+		vs = []harness.SMTPDVersion{harness.SMTPD74}
+	}
+	for _, v := range vs {
+		t.Run(v.Name, func(t *testing.T) {
+			v.Require(t)
+			testOpenDKIMSignsAuthenticated(t, v)
+		})
+	}
+}
+
+func testOpenDKIMSignsAuthenticated(t *testing.T, v harness.SMTPDVersion) {
 	env := harness.NewEnv(t)
 	key := harness.GenerateDKIMKey(t, env, "keys")
 	signer := harness.StartOpenDKIM(t, env, harness.OpenDKIMConfig{Name: "opendkim-sign", Mode: harness.DKIMSign, Key: key,

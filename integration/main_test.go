@@ -31,8 +31,12 @@ func forEachSMTPD(t *testing.T, f func(t *testing.T, v harness.SMTPDVersion)) {
 	t.Helper()
 	vs := harness.SMTPDVersions()
 	if len(vs) == 0 {
-		t.Fatalf("%s=%q selects no smtpd version (known: %s, %s)", harness.SMTPDVersionsEnv,
-			os.Getenv(harness.SMTPDVersionsEnv), harness.SMTPD68.Name, harness.SMTPD74.Name)
+		var known []string
+		for _, v := range harness.KnownSMTPDVersions() {
+			known = append(known, v.Name)
+		}
+		t.Fatalf("%s=%q selects no smtpd version (known: %s)", harness.SMTPDVersionsEnv,
+			os.Getenv(harness.SMTPDVersionsEnv), strings.Join(known, ", "))
 	}
 	for _, v := range vs {
 		t.Run(v.Name, func(t *testing.T) {

@@ -14,9 +14,15 @@ import (
 
 // SMTPDVersion names an smtpd binary the tests run against.
 type SMTPDVersion struct {
-	Name   string // subtest name: smtpd-6.8, smtpd-7.4
+	Name string // subtest name: smtpd-6.8, smtpd-7.4, smtpd-7.6
+	// Binary is smtpd's path on the host; StartSMTPD takes it in
+	// SMTPDConfig.Binary and finds the version's Root from it.
 	Binary string
-	Hint   string // how to install it
+	// Root, when set, is a Debian root of another release that smtpd
+	// runs in (chroot Root /usr/sbin/smtpd); Binary is that file seen
+	// from the host.
+	Root string
+	Hint string // how to install it
 }
 
 var (
@@ -36,7 +42,25 @@ var (
 		Hint: "run .ci/install-deps (`make deps`): it adds bookworm-backports to apt's sources, " +
 			"`apt-get download opensmtpd/bookworm-backports` and `dpkg -x` it into /opt/opensmtpd-7.4",
 	}
+	// SMTPD76 is Debian 13 (trixie)'s opensmtpd 7.6.0p1 (protocol 0.7).
+	// It needs trixie's glibc, so it runs with chroot in a minimal
+	// trixie root that .ci/install-deps makes with debootstrap (see
+	// chroot.go).
+	SMTPD76 = SMTPDVersion{
+		Name:   "smtpd-7.6",
+		Binary: "/opt/opensmtpd-7.6-root" + chrootedBinary,
+		Root:   "/opt/opensmtpd-7.6-root",
+		Hint: "run .ci/install-deps (`make deps`): it makes the trixie root with " +
+			"`debootstrap --variant=minbase --include=opensmtpd,python3-minimal,ca-certificates trixie /opt/opensmtpd-7.6-root " +
+			"http://deb.debian.org/debian` (apt-get install debootstrap) and writes its stamp file " +
+			"/opt/opensmtpd-7.6-root/" + rootStamp,
+	}
 )
+
+// KnownSMTPDVersions returns every version the harness knows, oldest first.
+func KnownSMTPDVersions() []SMTPDVersion {
+	return []SMTPDVersion{SMTPD68, SMTPD74, SMTPD76}
+}
 
 // SMTPDVersionsEnv restricts the smtpd versions the tests run against, e.g.
 // FILTER_MILTER_SMTPDS=smtpd-6.8. The default is every version; a version
@@ -45,7 +69,7 @@ const SMTPDVersionsEnv = "FILTER_MILTER_SMTPDS"
 
 // SMTPDVersions returns the smtpd versions to run the tests against.
 func SMTPDVersions() []SMTPDVersion {
-	all := []SMTPDVersion{SMTPD68, SMTPD74}
+	all := KnownSMTPDVersions()
 	sel := os.Getenv(SMTPDVersionsEnv)
 	if sel == "" {
 		return all
@@ -61,11 +85,31 @@ func SMTPDVersions() []SMTPDVersion {
 	return out
 }
 
-// Require fails the test when the version's binary is missing.
+// Require fails the test when the version's binary, or its root, is
+// missing or incomplete.
 func (v SMTPDVersion) Require(tb TB) {
 	tb.Helper()
+	if v.Root != "" {
+		requireSMTPDRoot(tb, v.Root, v.Hint)
+		return
+	}
 	if _, err := os.Stat(v.Binary); err != nil {
 		tb.Fatalf("harness: %s is missing (%v); %s", v.Binary, err, v.Hint)
+	}
+}
+
+// requireSMTPDBinary fails the test when binary, one of the known
+// versions' or another, cannot run.
+func requireSMTPDBinary(tb TB, binary string) {
+	tb.Helper()
+	for _, v := range KnownSMTPDVersions() {
+		if filepath.Clean(binary) == v.Binary {
+			v.Require(tb)
+			return
+		}
+	}
+	if _, err := os.Stat(binary); err != nil {
+		tb.Fatalf("harness: smtpd binary %s: %v; %s", binary, err, installHint+"opensmtpd")
 	}
 }
 
@@ -84,7 +128,7 @@ type Listener struct {
 
 // SMTPDConfig describes one smtpd instance.
 type SMTPDConfig struct {
-	Binary    string     // default /usr/sbin/smtpd
+	Binary    string     // default /usr/sbin/smtpd; SMTPD76.Binary runs chrooted in SMTPD76.Root
 	Listeners []Listener // default: one listener "milter" without a filter
 	Verbose   bool       // smtpd -v
 	Trace     string     // smtpd -T <trace>, e.g. "filters"
@@ -143,13 +187,7 @@ func StartSMTPD(tb TB, e *Env, cfg SMTPDConfig) *SMTPD {
 	if cfg.Binary == "" {
 		cfg.Binary = SMTPD68.Binary
 	}
-	if _, err := os.Stat(cfg.Binary); err != nil {
-		hint := installHint + "opensmtpd"
-		if cfg.Binary == SMTPD74.Binary {
-			hint = SMTPD74.Hint
-		}
-		tb.Fatalf("harness: smtpd binary %s: %v; %s", cfg.Binary, err, hint)
-	}
+	requireSMTPDBinary(tb, cfg.Binary)
 	if len(cfg.Listeners) == 0 {
 		cfg.Listeners = []Listener{{Name: "milter"}}
 	}
@@ -237,24 +275,27 @@ mv "$dir/.tmp.$name" "$dir/$name.eml" || exit 75
 // private mount namespace: its own queue, control socket and resolver
 // (resolv), so that it shares nothing with other instances. A binary
 // unpacked under a root of its own (bookworm-backports' 7.4) gets that
-// root's libexec directory, for mail.mda and friends.
+// root's libexec directory, for mail.mda and friends. A binary that runs
+// in a root of another release (SMTPDVersion.Root, trixie's 7.6) is run
+// with chroot, the namespace's mounts bound into the root (chroot.go); its
+// config check runs the same way, because the config and the files it
+// names are under /tmp.
 func (s *SMTPD) launch(tb TB, e *Env, binary, flags, text, resolv string) {
 	tb.Helper()
-	if out, err := run(binary, "-n", "-f", s.ConfPath); err != nil {
-		tb.Fatalf("harness: `%s -n -f %s` failed: %v\n%s\nconfig:\n%s", binary, s.ConfPath, err, out, text)
-	}
-	if out, err := run(binary, "-h"); strings.Contains(out, "version:") {
-		s.Version = strings.TrimSpace(strings.TrimPrefix(strings.SplitN(out, "\n", 2)[0], "version:"))
-	} else {
-		tb.Logf("harness: %s -h: %v %s", binary, err, out)
+	root := smtpdRoot(binary)
+	if root != "" {
+		EnsureMailsink(tb)
+		syncRootUsers(tb, root)
 	}
 	// /var/spool/smtpd must exist on the host as a mount point.
 	if err := os.MkdirAll("/var/spool/smtpd", 0o711); err != nil {
 		tb.Fatalf("harness: mkdir /var/spool/smtpd: %v", err)
 	}
 	var extra string
-	if root := strings.TrimSuffix(binary, "/usr/sbin/smtpd"); root != binary && root != "" {
-		libexec := filepath.Join(root, "usr/libexec/opensmtpd")
+	if root != "" {
+		extra = rootBinds(root, resolv)
+	} else if dir := strings.TrimSuffix(binary, "/usr/sbin/smtpd"); dir != binary && dir != "" {
+		libexec := filepath.Join(dir, "usr/libexec/opensmtpd")
 		if st, err := os.Stat(libexec); err == nil && st.IsDir() {
 			if err := os.MkdirAll("/usr/libexec/opensmtpd", 0o755); err != nil {
 				tb.Fatalf("harness: mkdir /usr/libexec/opensmtpd: %v", err)
@@ -262,7 +303,22 @@ func (s *SMTPD) launch(tb TB, e *Env, binary, flags, text, resolv string) {
 			extra = fmt.Sprintf("mount --bind '%s' /usr/libexec/opensmtpd\n", libexec)
 		}
 	}
-	launcher := e.WriteFile("smtpd-launch.sh", []byte(fmt.Sprintf(`#!/bin/sh
+	// smtpd -d logs every line of every one of its processes (and each
+	// stderr line of a filter, which its lka process relays) with
+	// vfprintf to the stderr they share, which stdio leaves unbuffered.
+	// glibc 2.37 and later (trixie's, 7.6's root) write such output in
+	// 128-byte pieces, so two processes' lines longer than that get
+	// mixed up in smtpd.log, and a test that looks for a session's filter
+	// line misses it; bookworm's glibc writes each line at once. Line
+	// buffering (coreutils' stdbuf, an LD_PRELOAD that the children
+	// smtpd forks and execs inherit) makes every line one write again on
+	// every version.
+	exe, daemon := shellQuote(binary), "stdbuf -eL "+shellQuote(binary)
+	if root != "" {
+		chroot := "chroot " + shellQuote(root) + " "
+		exe, daemon = chroot+chrootedBinary, chroot+"/usr/bin/stdbuf -eL "+chrootedBinary
+	}
+	prelude := fmt.Sprintf(`#!/bin/sh
 # Runs inside "unshare --mount --propagation private".
 set -e
 resolv=/etc/resolv.conf
@@ -273,8 +329,21 @@ case "$resolv" in
 /run/*) mkdir -p "$(dirname "$resolv")"; : > "$resolv" ;;
 esac
 if [ -e "$resolv" ]; then mount --bind '%s' "$resolv"; fi
-%sexec '%s' %s -f '%s'
-`, resolv, extra, binary, flags, s.ConfPath)), 0o755)
+%s`, resolv, extra)
+	check := e.WriteFile("smtpd-check.sh", []byte(prelude+fmt.Sprintf("exec %s -n -f '%s'\n", exe, s.ConfPath)), 0o755)
+	if out, err := run("unshare", "--mount", "--propagation", "private", "/bin/sh", check); err != nil {
+		tb.Fatalf("harness: `%s -n -f %s` (%s) failed: %v\n%s\nconfig:\n%s", exe, s.ConfPath, check, err, out, text)
+	}
+	version := []string{binary, "-h"}
+	if root != "" {
+		version = []string{"chroot", root, chrootedBinary, "-h"}
+	}
+	if out, err := run(version[0], version[1:]...); strings.Contains(out, "version:") {
+		s.Version = strings.TrimSpace(strings.TrimPrefix(strings.SplitN(out, "\n", 2)[0], "version:"))
+	} else {
+		tb.Logf("harness: %s: %v %s", strings.Join(version, " "), err, out)
+	}
+	launcher := e.WriteFile("smtpd-launch.sh", []byte(prelude+fmt.Sprintf("exec %s %s -f '%s'\n", daemon, flags, s.ConfPath)), 0o755)
 	env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
 	s.Proc = e.Start("smtpd", env, "unshare", "--mount", "--propagation", "private", "/bin/sh", launcher)
 }

@@ -64,7 +64,7 @@ func (d *demoTB) runCleanups() {
 }
 
 func main() {
-	smtpdBin := flag.String("smtpd", harness.SMTPD68.Binary, "smtpd binary (e.g. "+harness.SMTPD74.Binary+")")
+	smtpdBin := flag.String("smtpd", harness.SMTPD68.Binary, "smtpd binary (e.g. "+harness.SMTPD74.Binary+", or "+harness.SMTPD76.Binary+", which runs chrooted in its trixie root)")
 	msgFile := flag.String("message", "", "message to send (default: a built-in one); its From: must be @test.example")
 	keep := flag.Bool("keep", false, "keep the demo directory (configs, logs, deliveries)")
 	verbose := flag.Bool("v", false, "show the harness's log lines")
