@@ -17,8 +17,9 @@ import (
 // from its raw lines, byte for byte, and so is the body unless a milter
 // replaced it. Only fields a milter added or changed are serialized anew.
 // go-message is not used as the header model because it canonicalizes
-// names, unfolds values and cannot insert at a position
-// (shared/docs/milter-client.md §3.4).
+// names, unfolds values and cannot insert at a position, while a milter's
+// SMFIR_INSHEADER names a position and SMFIR_CHGHEADER the Index-th field
+// of a name, as written (libmilter's smfi_insheader and smfi_chgheader).
 //
 // Cost: parse, the header values, the body and emit each read the lines
 // once, in order (raw fields never change their relative order, whatever
@@ -94,8 +95,9 @@ func (m *message) newReplacement() *bodyStore {
 }
 
 // unstuffed is line i as the message text has it: SMTP dot-stuffing (one
-// leading '.') removed. smtpd sends data lines still stuffed
-// (shared/docs/filter-protocol.md §6).
+// leading '.') removed. smtpd sends data lines still stuffed, as the
+// client sent them (RFC 5321 4.5.2; smtpd's smtp_session.c hands the
+// filters each line before it removes the dot), and takes them back so.
 func (m *message) unstuffed(i int) []byte {
 	l := m.line(i)
 	if len(l) > 0 && l[0] == '.' {

@@ -5,8 +5,8 @@
 // every request with proceed and writes every data line back unchanged
 // (still dot-stuffed). It buffers nothing: one goroutine, a bufio.Reader
 // on stdin, a bufio.Writer on stdout flushed whenever stdin has nothing
-// more buffered. It is the "Go null filter" (config B) of
-// shared/docs/anchors.md, the lower bound for any filter on OpenSMTPD.
+// more buffered: the least work any filter on OpenSMTPD can do, and so
+// the lower bound the benchmarks measure filter-milter against.
 //
 //	filter "floor" proc-exec "/path/to/floorfilter"
 package main

@@ -10,8 +10,8 @@
  *
  * Every callback is registered and returns SMFIS_CONTINUE, and no action
  * flag is asked for, so the MTA skips nothing: it sends every stage,
- * every header and the whole body, as the python null milter (config G)
- * of shared/docs/anchors.md does. Each callback does nothing else.
+ * every header and the whole body, as a pymilter null milter with every
+ * callback would. Each callback does nothing else.
  * A unix socket is made with umask 0, so that smtpd's filter user can
  * connect to it.
  *
