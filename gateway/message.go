@@ -95,9 +95,10 @@ func (m *message) newReplacement() *bodyStore {
 }
 
 // unstuffed is line i as the message text has it: SMTP dot-stuffing (one
-// leading '.') removed. smtpd sends data lines still stuffed, as the
-// client sent them (RFC 5321 4.5.2; smtpd's smtp_session.c hands the
-// filters each line before it removes the dot), and takes them back so.
+// leading '.') removed. smtpd sends data lines raw, still stuffed as the
+// client sent them (RFC 5321 4.5.2; smtpd-filters(7): "raw dot-escaped
+// SMTP DATA input"), and strips one leading dot from each line it gets
+// back.
 func (m *message) unstuffed(i int) []byte {
 	l := m.line(i)
 	if len(l) > 0 && l[0] == '.' {
