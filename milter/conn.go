@@ -209,6 +209,60 @@ func (c *conn) Write(p []byte) (int, error) {
 	return c.w.Write(p)
 }
 
+// writeHeader writes the SMFIC_HEADER packet of one header field, byte
+// for byte as go-milter's ClientSession.HeaderField would (name NUL value
+// NUL, after go-milter's trimLastLineBreak of the value), into the write
+// buffer without a copy in between; a packet larger than the buffer, a
+// field of more than 4 KiB, is built whole first. The buffer goes to the
+// socket when it is full, or when a reply is read.
+func (c *conn) writeHeader(name, value []byte) error {
+	value = trimLastLineBreak(value)
+	size := 1 + len(name) + 1 + len(value) + 1
+	if size > maxWritePacket {
+		return fmt.Errorf("milter: cannot write %d bytes in one message", size)
+	}
+	if 4+size > c.w.Available() {
+		if err := c.flush(); err != nil {
+			return err
+		}
+	}
+	p := c.w.AvailableBuffer()
+	if 4+size > cap(p) {
+		p = make([]byte, 0, 4+size)
+		// Write hands it to the socket at once: bound that write.
+		if err := c.arm(c.Conn.SetWriteDeadline, &c.writeArmed); err != nil {
+			return err
+		}
+	}
+	p = binary.BigEndian.AppendUint32(p, uint32(size))
+	p = append(p, cmdHeader)
+	p = append(append(p, name...), 0)
+	p = append(append(p, value...), 0)
+	_, err := c.w.Write(p)
+	return err
+}
+
+// cmdHeader is SMFIC_HEADER.
+const cmdHeader = 'L'
+
+// maxWritePacket is go-milter's limit on a packet it writes (512 MiB).
+const maxWritePacket = 512 << 20
+
+// trimLastLineBreak is go-milter's (client.go): it cuts one trailing CRLF,
+// LF or CR from a header value, with its quirks (a value of CRLF alone
+// becomes CR, a lone LF or CR stays), so that both ways of sending a
+// header put the same bytes on the wire.
+func trimLastLineBreak(v []byte) []byte {
+	l := len(v)
+	switch {
+	case l > 2 && v[l-2] == '\r' && v[l-1] == '\n':
+		return v[:l-2]
+	case l > 1 && (v[l-1] == '\n' || v[l-1] == '\r'):
+		return v[:l-1]
+	}
+	return v
+}
+
 func (c *conn) flush() error {
 	if c.w.Buffered() == 0 {
 		return nil
