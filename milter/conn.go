@@ -71,6 +71,8 @@ type conn struct {
 	eom     endOfMessage
 	chunk   []byte // the buffer replacement body packets are copied through
 
+	headerBatch []byte // see writeHeader; nil outside a large header stage
+
 	// quiet's peek at the socket.
 	peekSocket func(fd uintptr)
 	peeked     [64]byte
@@ -211,35 +213,51 @@ func (c *conn) Write(p []byte) (int, error) {
 
 // writeHeader writes the SMFIC_HEADER packet of one header field, byte
 // for byte as go-milter's ClientSession.HeaderField would (name NUL value
-// NUL, after go-milter's trimLastLineBreak of the value), into the write
-// buffer without a copy in between; a packet larger than the buffer, a
-// field of more than 4 KiB, is built whole first. The buffer goes to the
-// socket when it is full, or when a reply is read.
+// NUL, after go-milter's trimLastLineBreak of the value), without a copy
+// in between: into the write buffer while the header fits in it (most
+// headers: 4 KiB), then into headerBatch, which goes to the socket every
+// headerBatchSize bytes, so that a header of tens of thousands of fields
+// costs a write per 64 KiB, not per 4 KiB. endHeaders writes the rest.
 func (c *conn) writeHeader(name, value []byte) error {
 	value = trimLastLineBreak(value)
 	size := 1 + len(name) + 1 + len(value) + 1
 	if size > maxWritePacket {
 		return fmt.Errorf("milter: cannot write %d bytes in one message", size)
 	}
-	if 4+size > c.w.Available() {
-		if err := c.flush(); err != nil {
+	if c.headerBatch == nil {
+		if p := c.w.AvailableBuffer(); 4+size <= cap(p) {
+			_, err := c.w.Write(appendHeader(p, size, name, value))
 			return err
 		}
+		c.headerBatch = make([]byte, 0, headerBatchSize)
 	}
-	p := c.w.AvailableBuffer()
-	if 4+size > cap(p) {
-		p = make([]byte, 0, 4+size)
-		// Write hands it to the socket at once: bound that write.
-		if err := c.arm(c.Conn.SetWriteDeadline, &c.writeArmed); err != nil {
-			return err
-		}
+	c.headerBatch = appendHeader(c.headerBatch, size, name, value)
+	if len(c.headerBatch) < headerBatchSize {
+		return nil
 	}
+	_, err := c.Write(c.headerBatch)
+	c.headerBatch = c.headerBatch[:0]
+	return err
+}
+
+// endHeaders writes the header packets still in headerBatch and drops
+// it: a header that needs one is rare, and the memory is not kept.
+func (c *conn) endHeaders() error {
+	if c.headerBatch == nil {
+		return nil
+	}
+	_, err := c.Write(c.headerBatch)
+	c.headerBatch = nil
+	return err
+}
+
+const headerBatchSize = 64 << 10
+
+func appendHeader(p []byte, size int, name, value []byte) []byte {
 	p = binary.BigEndian.AppendUint32(p, uint32(size))
 	p = append(p, cmdHeader)
 	p = append(append(p, name...), 0)
-	p = append(append(p, value...), 0)
-	_, err := c.w.Write(p)
-	return err
+	return append(append(p, value...), 0)
 }
 
 // cmdHeader is SMFIC_HEADER.

@@ -322,17 +322,18 @@ func (s *Session) Header(name, value string) (Verdict, error) {
 //
 // A milter that negotiated SMFIP_NR_HDR (rspamd does) answers none of
 // them: a header of short fields is then tens of thousands of packets per
-// MB and no round trip, and the per-field work is what costs. Those
-// packets are written by conn straight into its write buffer (writeHeader)
-// instead of through go-milter's HeaderField, which builds a packet and a
-// copy of name and value for each. Bypassing it keeps go-milter's client
-// consistent: with no reply to read HeaderField's only effects are its
-// state (DATA called, then header field called: HeaderEnd accepts either,
-// and EndOfHeaders follows) and the macros it is handed (none: nor does
-// Header pass any, and go-milter has no macro stage for headers); its
-// skip flag is only set by a reply. The stray-bytes check (quiet), a
-// syscall, runs once before the first field, not per field: no field is
-// a command the milter answers, and EndOfHeaders checks again before it.
+// MB and no round trip, and the per-field work is what costs. conn writes
+// those packets itself (writeHeader), into its write buffer or, for a
+// large header, a batch of its own, instead of go-milter's HeaderField,
+// which builds a packet and a copy of name and value for each. Bypassing
+// it keeps go-milter's client consistent: with no reply to read,
+// HeaderField's only effects are its state (DATA called, then header
+// field called: HeaderEnd accepts either, and EndOfHeaders follows) and
+// the macros it is handed (none: nor does Header pass any, and go-milter
+// has no macro stage for headers); its skip flag is only set by a reply.
+// The stray-bytes check (quiet), a syscall, runs once before the first
+// field, not per field: no field is a command the milter answers, and
+// EndOfHeaders checks again before it.
 //
 // A milter that answers each field still gets one round trip per field
 // through go-milter, its answers honoured (SKIP, reject, ...).
@@ -360,6 +361,9 @@ func (s *Session) Headers(fields iter.Seq2[[]byte, []byte]) (Verdict, error) {
 			if err := s.conn.writeHeader(name, value); err != nil {
 				return nil, fmt.Errorf("milter: header field: %w", err)
 			}
+		}
+		if err := s.conn.endHeaders(); err != nil {
+			return nil, fmt.Errorf("milter: header field: %w", err)
 		}
 		return continueAction, nil
 	})
