@@ -178,7 +178,10 @@ func (m *message) fieldText(f *field) (name, value []byte) {
 	}
 	first := m.unstuffed(int(f.first))
 	colon := bytes.IndexByte(first, ':')
-	name = bytes.TrimRight(first[:colon], " \t")
+	name = first[:colon]
+	for len(name) > 0 && (name[len(name)-1] == ' ' || name[len(name)-1] == '\t') {
+		name = name[:len(name)-1] // bytes.TrimRight builds its cutset for every call
+	}
 	if f.last == f.first {
 		return name, first[colon+1:]
 	}
