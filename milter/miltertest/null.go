@@ -29,7 +29,17 @@ func StartNullNoHeaderReply(tb testing.TB, actions uint32) string {
 	return startNull(tb, actions, protoNoHeaderReply)
 }
 
-const protoNoHeaderReply = 0x80 // SMFIP_NR_HDR
+// StartNullNoHeaders is StartNull for a null milter that negotiates
+// SMFIP_NOHDRS: the MTA sends it no header field at all.
+func StartNullNoHeaders(tb testing.TB, actions uint32) string {
+	tb.Helper()
+	return startNull(tb, actions, protoNoHeaders)
+}
+
+const (
+	protoNoHeaderReply = 0x80 // SMFIP_NR_HDR
+	protoNoHeaders     = 0x20 // SMFIP_NOHDRS
+)
 
 func startNull(tb testing.TB, actions, protocol uint32) string {
 	tb.Helper()
