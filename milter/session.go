@@ -327,10 +327,11 @@ func (s *Session) Header(name, value string) (Verdict, error) {
 // large header, a batch of its own, instead of go-milter's HeaderField,
 // which builds a packet and a copy of name and value for each. Bypassing
 // it keeps go-milter's client consistent: with no reply to read,
-// HeaderField's only effects are its state (DATA called, then header
-// field called: HeaderEnd accepts either, and EndOfHeaders follows) and
-// the macros it is handed (none: nor does Header pass any, and go-milter
-// has no macro stage for headers); its skip flag is only set by a reply.
+// HeaderField's only effects are its state (which stays at "DATA called"
+// instead of moving to "header field called": HeaderEnd, which
+// EndOfHeaders calls next, accepts both) and the macros it is handed
+// (none: Header passes none either, and go-milter has no macro stage for
+// headers); its skip flag is only set by a reply.
 // The stray-bytes check (quiet), a syscall, runs once before the first
 // field, not per field: no field is a command the milter answers, and
 // EndOfHeaders checks again before it.
