@@ -14,6 +14,10 @@ type Observer interface {
 	SessionClosed(session string)
 	// MilterReply is one answer of a milter at a stage (connect, helo,
 	// mail, rcpt, data, header, eoh, body, eom) and how long it took.
+	// header is the header stage as a whole, once per message: its verdict
+	// is continue, or the final answer the milter gave to one of the
+	// fields, and its time that of all the fields (a header of short
+	// fields is tens of thousands per MB, too many to observe each).
 	MilterReply(session, milter, stage string, v milter.Verdict, took time.Duration)
 	// MilterError is a milter that failed: unreachable, timed out, broke
 	// the protocol.

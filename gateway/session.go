@@ -688,13 +688,14 @@ func (s *session) markJunk() {
 // A replacement body is streamed into repl as the milter sends it, so that
 // a milter cannot make the gateway hold a body of any size in memory.
 func (s *session) messageTo(sl *slot, m *milter.Session, repl *bodyStore) (milter.Verdict, []milter.Modification, error) {
-	for name, value := range s.msg.headers() {
-		v, err := s.observe(sl, "header", func() (milter.Verdict, error) { return m.Header(name, value) })
-		if err != nil || v.Final() {
-			return v, nil, err
-		}
+	// The header stage is timed and observed as a whole: one packet per
+	// field, tens of thousands in a MB of short fields, and a clock read
+	// and an observer call for each cost more than the packet.
+	v, err := s.observe(sl, "header", func() (milter.Verdict, error) { return m.Headers(s.msg.headers()) })
+	if err != nil || v.Final() {
+		return v, nil, err
 	}
-	v, err := s.observe(sl, "eoh", m.EndOfHeaders)
+	v, err = s.observe(sl, "eoh", m.EndOfHeaders)
 	if err != nil || v.Final() {
 		return v, nil, err
 	}

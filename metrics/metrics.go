@@ -15,7 +15,9 @@
 //	milter_modifications_total{milter,kind}      counter  changes the milters asked for at end of message
 //
 // Stages are the gateway's: connect, helo or ehlo, mail, rcpt, data,
-// header, eoh, body, eom. The milter label is the milter as configured
+// header, eoh, body, eom. header counts the header stage once per message,
+// all fields together: its verdict is continue or the final answer given
+// to one field, its seconds those of the whole stage. The milter label is the milter as configured
 // (its socket, or its name in the configuration file).
 package metrics
 

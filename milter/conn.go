@@ -71,6 +71,8 @@ type conn struct {
 	eom     endOfMessage
 	chunk   []byte // the buffer replacement body packets are copied through
 
+	headerBatch []byte // see writeHeader; nil outside a large header stage
+
 	// quiet's peek at the socket.
 	peekSocket func(fd uintptr)
 	peeked     [64]byte
@@ -207,6 +209,76 @@ func (c *conn) Write(p []byte) (int, error) {
 		}
 	}
 	return c.w.Write(p)
+}
+
+// writeHeader writes the SMFIC_HEADER packet of one header field, byte
+// for byte as go-milter's ClientSession.HeaderField would (name NUL value
+// NUL, after go-milter's trimLastLineBreak of the value), without a copy
+// in between: into the write buffer while the header fits in it (most
+// headers: 4 KiB), then into headerBatch, which goes to the socket every
+// headerBatchSize bytes, so that a header of tens of thousands of fields
+// costs a write per 64 KiB, not per 4 KiB. endHeaders writes the rest.
+func (c *conn) writeHeader(name, value []byte) error {
+	value = trimLastLineBreak(value)
+	size := 1 + len(name) + 1 + len(value) + 1
+	if size > maxWritePacket {
+		return fmt.Errorf("milter: cannot write %d bytes in one message", size)
+	}
+	if c.headerBatch == nil {
+		if p := c.w.AvailableBuffer(); 4+size <= cap(p) {
+			_, err := c.w.Write(appendHeader(p, size, name, value))
+			return err
+		}
+		c.headerBatch = make([]byte, 0, headerBatchSize)
+	}
+	c.headerBatch = appendHeader(c.headerBatch, size, name, value)
+	if len(c.headerBatch) < headerBatchSize {
+		return nil
+	}
+	_, err := c.Write(c.headerBatch)
+	c.headerBatch = c.headerBatch[:0]
+	return err
+}
+
+// endHeaders writes the header packets still in headerBatch and drops
+// it: a header that needs one is rare, and the memory is not kept.
+func (c *conn) endHeaders() error {
+	if c.headerBatch == nil {
+		return nil
+	}
+	_, err := c.Write(c.headerBatch)
+	c.headerBatch = nil
+	return err
+}
+
+const headerBatchSize = 64 << 10
+
+func appendHeader(p []byte, size int, name, value []byte) []byte {
+	p = binary.BigEndian.AppendUint32(p, uint32(size))
+	p = append(p, cmdHeader)
+	p = append(append(p, name...), 0)
+	return append(append(p, value...), 0)
+}
+
+// cmdHeader is SMFIC_HEADER.
+const cmdHeader = 'L'
+
+// maxWritePacket is go-milter's limit on a packet it writes (512 MiB).
+const maxWritePacket = 512 << 20
+
+// trimLastLineBreak is go-milter's (client.go): it cuts one trailing CRLF,
+// LF or CR from a header value, with its quirks (a value of CRLF alone
+// becomes CR, a lone LF or CR stays), so that both ways of sending a
+// header put the same bytes on the wire.
+func trimLastLineBreak(v []byte) []byte {
+	l := len(v)
+	switch {
+	case l > 2 && v[l-2] == '\r' && v[l-1] == '\n':
+		return v[:l-2]
+	case l > 1 && (v[l-1] == '\n' || v[l-1] == '\r'):
+		return v[:l-1]
+	}
+	return v
 }
 
 func (c *conn) flush() error {

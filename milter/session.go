@@ -3,6 +3,7 @@ package milter
 import (
 	"fmt"
 	"io"
+	"iter"
 	"net"
 	"strings"
 	"time"
@@ -313,6 +314,63 @@ func (s *Session) Header(name, value string) (Verdict, error) {
 		return s.dj.HeaderField(name, value, nil)
 	})
 }
+
+// Headers sends the header fields, each as Header does, in order, and
+// stops at the first final verdict or SKIP. The name and value fields
+// yields are read only before it yields the next pair, so they may be
+// views of a buffer that fields reuses.
+//
+// A milter that negotiated SMFIP_NR_HDR (rspamd does) answers none of
+// them: a header of short fields is then tens of thousands of packets per
+// MB and no round trip, and the per-field work is what costs. conn writes
+// those packets itself (writeHeader), into its write buffer or, for a
+// large header, a batch of its own, instead of go-milter's HeaderField,
+// which builds a packet and a copy of name and value for each. Bypassing
+// it keeps go-milter's client consistent: with no reply to read,
+// HeaderField's only effects are its state (which stays at "DATA called"
+// instead of moving to "header field called": HeaderEnd, which
+// EndOfHeaders calls next, accepts both) and the macros it is handed
+// (none: Header passes none either, and go-milter has no macro stage for
+// headers); its skip flag is only set by a reply.
+// The stray-bytes check (quiet), a syscall, runs once before the first
+// field, not per field: no field is a command the milter answers, and
+// EndOfHeaders checks again before it.
+//
+// A milter that answers each field still gets one round trip per field
+// through go-milter, its answers honoured (SKIP, reject, ...).
+func (s *Session) Headers(fields iter.Seq2[[]byte, []byte]) (Verdict, error) {
+	if s.broken != nil {
+		return Verdict{}, s.broken
+	}
+	if s.Done() || s.dj.ProtocolOption(djmilter.OptNoHeaders) {
+		return continueVerdict, nil
+	}
+	if !s.dj.ProtocolOption(djmilter.OptNoHeaderReply) {
+		for name, value := range fields {
+			v, err := s.Header(string(name), string(value))
+			if err != nil || v.Final() || s.dj.Skip() {
+				return v, err
+			}
+		}
+		return continueVerdict, nil
+	}
+	return s.call("header", s.c.opts.ContentTimeout, &s.msgDone, func() (*djmilter.Action, error) {
+		for name, value := range fields {
+			if !s.leadingSpace && len(value) > 0 && value[0] == ' ' {
+				value = value[1:]
+			}
+			if err := s.conn.writeHeader(name, value); err != nil {
+				return nil, fmt.Errorf("milter: header field: %w", err)
+			}
+		}
+		if err := s.conn.endHeaders(); err != nil {
+			return nil, fmt.Errorf("milter: header field: %w", err)
+		}
+		return continueAction, nil
+	})
+}
+
+var continueAction = &djmilter.Action{Type: djmilter.ActionContinue}
 
 // EndOfHeaders sends SMFIC_EOH.
 func (s *Session) EndOfHeaders() (Verdict, error) {

@@ -107,7 +107,7 @@ func TestTestCommandAddsHeader(t *testing.T) {
 	}
 	for _, want := range []string{
 		"MAIL FROM:<alice@test.example>", "RCPT TO:<bob@test.example>, <carol@test.example>",
-		"end of DATA                              proceed", "header ×3", "eom          accept",
+		"end of DATA                              proceed", "header       continue", "eom          accept",
 		"insert header   at 0: X-Top: first", "add header      X-Bottom: last", "verdict: ACCEPT",
 		"@@ -1,6 +1,8 @@\n+X-Top: first\n From: Alice <alice@test.example>\n To: Bob <bob@test.example>, carol@test.example\n" +
 			" Subject: hi\n+X-Bottom: last\n \n body\n .dot line\n",

@@ -291,8 +291,8 @@ type milterLog struct {
 	Modifications []modLog   `json:"modifications,omitempty"`
 }
 
-// stageLog is a run of identical answers at one stage (one per header,
-// per body chunk).
+// stageLog is a run of identical answers at one stage (one per body
+// chunk; the header stage is one answer for all its fields).
 type stageLog struct {
 	Stage   string  `json:"stage"`
 	Verdict string  `json:"verdict"`

@@ -29,7 +29,17 @@ func StartNullNoHeaderReply(tb testing.TB, actions uint32) string {
 	return startNull(tb, actions, protoNoHeaderReply)
 }
 
-const protoNoHeaderReply = 0x80 // SMFIP_NR_HDR
+// StartNullNoHeaders is StartNull for a null milter that negotiates
+// SMFIP_NOHDRS: the MTA sends it no header field at all.
+func StartNullNoHeaders(tb testing.TB, actions uint32) string {
+	tb.Helper()
+	return startNull(tb, actions, protoNoHeaders)
+}
+
+const (
+	protoNoHeaderReply = 0x80 // SMFIP_NR_HDR
+	protoNoHeaders     = 0x20 // SMFIP_NOHDRS
+)
 
 func startNull(tb testing.TB, actions, protocol uint32) string {
 	tb.Helper()
@@ -87,6 +97,7 @@ type nullBufs struct {
 	r   *bufio.Reader
 	w   *bufio.Writer
 	buf []byte
+	hdr [4]byte // here, not on the stack: io.ReadFull would move it to the heap for every packet
 }
 
 var nullPool = sync.Pool{New: func() any {
@@ -101,11 +112,10 @@ func serveNull(c net.Conn, optneg []byte, noHeaderReply bool) {
 	w.Reset(c)
 	reply := [5]byte{0, 0, 0, 1, 'c'}
 	for {
-		var hdr [4]byte
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		if _, err := io.ReadFull(r, bufs.hdr[:]); err != nil {
 			return
 		}
-		n := binary.BigEndian.Uint32(hdr[:])
+		n := binary.BigEndian.Uint32(bufs.hdr[:])
 		if n == 0 || n > 64<<20 {
 			return
 		}
