@@ -41,6 +41,29 @@ type answer func(cmd byte, data []byte) []byte
 // stopped when the test ends.
 func scriptedMilter(t *testing.T, actions, protocol uint32, answer answer) string {
 	t.Helper()
+	return unixMilter(t, func(c net.Conn) {
+		if !negotiate(c, actions, protocol) {
+			return
+		}
+		for {
+			p, err := readPacket(c)
+			if err != nil || len(p) == 0 {
+				return
+			}
+			if out := answer(p[0], p[1:]); len(out) > 0 {
+				if _, err := c.Write(out); err != nil {
+					return
+				}
+			}
+		}
+	})
+}
+
+// unixMilter listens on a unix socket in a directory of its own, serves
+// the first connection with serve and returns the spec to dial. The
+// listener, the connection and the directory go when the test ends.
+func unixMilter(t *testing.T, serve func(c net.Conn)) string {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "mt") // short: a socket path has ~108 bytes
 	if err != nil {
 		t.Fatal(err)
@@ -63,27 +86,23 @@ func scriptedMilter(t *testing.T, actions, protocol uint32, answer answer) strin
 			return
 		}
 		defer c.Close()
-		if _, err := readPacket(c); err != nil {
-			return
-		}
-		optneg := []byte{'O'}
-		optneg = binary.BigEndian.AppendUint32(optneg, 6)
-		optneg = binary.BigEndian.AppendUint32(optneg, actions)
-		optneg = binary.BigEndian.AppendUint32(optneg, protocol)
-		writePacket(c, optneg)
-		for {
-			p, err := readPacket(c)
-			if err != nil || len(p) == 0 {
-				return
-			}
-			if out := answer(p[0], p[1:]); len(out) > 0 {
-				if _, err := c.Write(out); err != nil {
-					return
-				}
-			}
-		}
+		serve(c)
 	}()
 	return "unix:" + path
+}
+
+// negotiate reads the client's SMFIC_OPTNEG and answers with version 6,
+// actions and protocol flags.
+func negotiate(c net.Conn, actions, protocol uint32) bool {
+	if _, err := readPacket(c); err != nil {
+		return false
+	}
+	optneg := []byte{'O'}
+	optneg = binary.BigEndian.AppendUint32(optneg, 6)
+	optneg = binary.BigEndian.AppendUint32(optneg, actions)
+	optneg = binary.BigEndian.AppendUint32(optneg, protocol)
+	writePacket(c, optneg)
+	return true
 }
 
 // pkt is one milter packet on the wire.
@@ -226,28 +245,10 @@ func TestProgressFloodEndsAtTheEOMTimeout(t *testing.T) {
 // PROGRESS packets until the client goes away.
 func floodMilter(t *testing.T) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "mt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "s")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	t.Cleanup(func() { _ = ln.Close(); <-done; _ = os.RemoveAll(dir) })
-	go func() {
-		defer close(done)
-		c, err := ln.Accept()
-		if err != nil {
+	return unixMilter(t, func(c net.Conn) {
+		if !negotiate(c, 0, 0) {
 			return
 		}
-		defer c.Close()
-		if _, err := readPacket(c); err != nil {
-			return
-		}
-		writePacket(c, []byte{'O', 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0})
 		for {
 			p, err := readPacket(c)
 			if err != nil {
@@ -266,8 +267,7 @@ func floodMilter(t *testing.T) string {
 				writePacket(c, []byte{'c'})
 			}
 		}
-	}()
-	return "unix:" + path
+	})
 }
 
 func TestSilenceAtEndOfMessageIsTheContentTimeout(t *testing.T) {
@@ -639,28 +639,10 @@ func TestBytesBeforeACommandAreAProtocolError(t *testing.T) {
 // and closes sent; it answers nothing else.
 func outOfTurnMilter(t *testing.T, sent chan<- struct{}) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "mt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "s")
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	t.Cleanup(func() { _ = ln.Close(); <-done; _ = os.RemoveAll(dir) })
-	go func() {
-		defer close(done)
-		c, err := ln.Accept()
-		if err != nil {
+	return unixMilter(t, func(c net.Conn) {
+		if !negotiate(c, 0, 0) {
 			return
 		}
-		defer c.Close()
-		if _, err := readPacket(c); err != nil {
-			return
-		}
-		writePacket(c, []byte{'O', 0, 0, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0})
 		for {
 			p, err := readPacket(c)
 			if err != nil {
@@ -678,8 +660,7 @@ func outOfTurnMilter(t *testing.T, sent chan<- struct{}) string {
 				writePacket(c, []byte{'c'})
 			}
 		}
-	}()
-	return "unix:" + path
+	})
 }
 
 func TestGoMilterWarningsAreLoggedAsAField(t *testing.T) {
