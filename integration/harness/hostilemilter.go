@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -245,7 +246,7 @@ func (hc *HostileConn) run() error {
 	for {
 		_ = hc.c.SetReadDeadline(time.Now().Add(5 * time.Minute))
 		if _, err := io.ReadFull(hc.c, hdr); err != nil {
-			if errors.Is(err, io.EOF) {
+			if errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
 				hc.m.event(hc.k, "eof")
 				return errEOF
 			}
@@ -356,7 +357,10 @@ func (hc *HostileConn) WatchEOF() <-chan struct{} {
 			defer close(done)
 			_ = hc.c.SetReadDeadline(time.Time{})
 			_, err := io.Copy(io.Discard, hc.c)
-			if err == nil {
+			// A socket closed with unread data in its receive buffer
+			// (PROGRESS packets filter-milter had no reason to read)
+			// sends a reset, not a FIN: that is a close all the same.
+			if err == nil || errors.Is(err, syscall.ECONNRESET) {
 				hc.m.event(hc.k, "eof")
 			} else {
 				hc.m.event(hc.k, "read error: "+err.Error())
