@@ -1,3 +1,5 @@
+//go:build integration
+
 // Package integration runs filter-milter between real peers: OpenSMTPD
 // starts it as a proc-exec filter, and it talks to opendkim and to a
 // python3-milter script. The tests need root and the Debian packages that
