@@ -745,10 +745,13 @@ func TestHostileStrictProtocol(t *testing.T) {
 	}{
 		// An unsolicited CONTINUE right after negotiation, before CONNECT:
 		// today it is taken as the answer to CONNECT, and every later
-		// answer as the answer to the command after its own.
+		// answer as the answer to the command after its own. Whether it
+		// is waiting when CONNECT is to be sent is a race (it may arrive
+		// just after the check): if not, it is taken for CONNECT's answer
+		// and the real one is caught before HELO, as in Postfix.
 		{"bytes-before-connect", harness.HostileScript{AfterOptNeg: func(hc *harness.HostileConn) error {
 			return hc.Send(harness.ReplyContinue, nil)
-		}}, "greeting", true},
+		}}, "greeting|EHLO", true},
 		// Two answers to HELO, in one write: the second is waiting on the
 		// socket when MAIL is to be sent, or already read with the first.
 		{"second-reply-to-helo", harness.HostileScript{At: at{harness.MilterHelo: func(hc *harness.HostileConn) error {
