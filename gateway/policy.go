@@ -148,11 +148,7 @@ func fitReply(reply string) (_ string, cut bool) {
 		kept = strings.TrimRight(text[:i], " \t")
 	}
 	if kept == "" {
-		n := room
-		for n > 0 && !utf8.RuneStart(text[n]) {
-			n--
-		}
-		kept = text[:n]
+		kept = cutAtRune(text, room)
 	}
 	return head + kept, true
 }
@@ -164,11 +160,16 @@ func logText(s string) string {
 	if len(s) <= max {
 		return s
 	}
-	n := max
+	return cutAtRune(s, max) + "..."
+}
+
+// cutAtRune is s cut to at most n bytes (n < len(s)), at a UTF-8
+// character boundary.
+func cutAtRune(s string, n int) string {
 	for n > 0 && !utf8.RuneStart(s[n]) {
 		n--
 	}
-	return s[:n] + "..."
+	return s[:n]
 }
 
 // oneLine joins "550-5.7.1 one\r\n550 5.7.1 two" into "550 5.7.1 one two":

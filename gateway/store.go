@@ -72,6 +72,23 @@ const (
 	winSize   = 64 << 10 // bytes read from the file at a time
 )
 
+// fits reports whether n more bytes may stay in memory for a store that
+// holds held bytes there, with limit its own share.
+func (b *budget) fits(held, n, limit int) bool {
+	return held+n <= limit && b.used.Load()+int64(n) <= b.max
+}
+
+// spillFile creates the temporary file a store spills to, and unlinks it
+// at once: it disappears when it is closed or the process dies.
+func spillFile(dir, pattern string) (*os.File, *bufio.Writer, error) {
+	f, err := os.CreateTemp(dir, pattern)
+	if err != nil {
+		return nil, nil, err
+	}
+	_ = os.Remove(f.Name())
+	return f, bufio.NewWriterSize(f, 32<<10), nil
+}
+
 func newLineStore(limit int, b *budget, dir string) *lineStore {
 	return &lineStore{memEnds: make([]int32, 0, 64), limit: limit, b: b, dir: dir}
 }
@@ -82,15 +99,8 @@ func (s *lineStore) add(line string) {
 		return
 	}
 	s.dataSize += int64(len(line))
-	if s.file == nil && s.spillFailed == nil &&
-		(len(s.mem)+len(line) > s.limit || s.b.used.Load()+int64(len(line)) > s.b.max) {
-		f, err := os.CreateTemp(s.dir, "filter-milter-*.msg")
-		if err != nil {
-			s.spillFailed = err
-		} else {
-			_ = os.Remove(f.Name())
-			s.file, s.w = f, bufio.NewWriterSize(f, 32<<10)
-		}
+	if s.file == nil && s.spillFailed == nil && !s.b.fits(len(s.mem), len(line), s.limit) {
+		s.file, s.w, s.spillFailed = spillFile(s.dir, "filter-milter-*.msg")
 	}
 	if s.file == nil {
 		s.mem = growBuf(s.mem, len(line)) // recycled buffers: see bufpool.go
@@ -254,13 +264,11 @@ func (s *bodyStore) Write(p []byte) (int, error) {
 	if s.b == nil {
 		return 0, errors.New("replacement body written after its release")
 	}
-	if s.file == nil && (len(s.mem)+len(p) > s.limit || s.b.used.Load()+int64(len(p)) > s.b.max) {
-		f, err := os.CreateTemp(s.dir, "filter-milter-*.body")
-		if err != nil {
+	if s.file == nil && !s.b.fits(len(s.mem), len(p), s.limit) {
+		var err error
+		if s.file, s.w, err = spillFile(s.dir, "filter-milter-*.body"); err != nil {
 			return 0, s.failWith(err)
 		}
-		_ = os.Remove(f.Name())
-		s.file, s.w = f, bufio.NewWriterSize(f, 32<<10)
 		if _, err := s.w.Write(s.mem); err != nil {
 			return 0, s.failWith(err)
 		}

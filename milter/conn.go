@@ -474,7 +474,7 @@ func (e *bodyWriteError) Unwrap() error { return e.err }
 func (c *conn) quiet() error {
 	if n := c.r.Buffered(); n > 0 {
 		b, _ := c.r.Peek(min(n, 64))
-		return fmt.Errorf("%w: the milter sent bytes no command asked for (a second reply, or data out of turn): %s", ErrProtocol, quoteSome(b))
+		return outOfTurn(b)
 	}
 	if c.sock == nil {
 		return nil
@@ -496,7 +496,12 @@ func (c *conn) quiet() error {
 	if err := c.sock.Control(c.peekSocket); err != nil || c.npeeked <= 0 {
 		return nil // nothing waiting (EAGAIN), the peer closed or the socket is gone: the write or read reports those
 	}
-	return fmt.Errorf("%w: the milter sent bytes no command asked for (a second reply, or data out of turn): %s", ErrProtocol, quoteSome(c.peeked[:c.npeeked]))
+	return outOfTurn(c.peeked[:c.npeeked])
+}
+
+// outOfTurn is quiet's error, with the first bytes the milter sent.
+func outOfTurn(b []byte) error {
+	return fmt.Errorf("%w: the milter sent bytes no command asked for (a second reply, or data out of turn): %s", ErrProtocol, quoteSome(b))
 }
 
 func (c *conn) readRaw(p []byte) (int, error) {
