@@ -55,13 +55,14 @@ test: deps fmt-check vet
 
 # The fuzz targets, each for a short fixed time: the filter protocol line
 # parser, the message model and modification applier, the milter replies,
-# whole milter conversations driven by the fuzzer through the gateway.
+# whole milter conversations driven by the fuzzer through the gateway
+# (.ci/fuzz-one: why a run may be repeated once).
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./protocol
-	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./protocol
-	$(GO) test -run '^$$' -fuzz '^FuzzMessage$$' -fuzztime $(FUZZTIME) ./gateway
-	$(GO) test -run '^$$' -fuzz '^FuzzReplies$$' -fuzztime $(FUZZTIME) ./milter
-	$(GO) test -run '^$$' -fuzz '^FuzzMilterConversation$$' -fuzztime $(FUZZTIME) ./gateway
+	./.ci/fuzz-one FuzzParse ./protocol $(FUZZTIME)
+	./.ci/fuzz-one FuzzReader ./protocol $(FUZZTIME)
+	./.ci/fuzz-one FuzzMessage ./gateway $(FUZZTIME)
+	./.ci/fuzz-one FuzzReplies ./milter $(FUZZTIME)
+	./.ci/fuzz-one FuzzMilterConversation ./gateway $(FUZZTIME)
 
 # Every Go benchmark once, so that they keep compiling and working; real
 # figures come from `make bench`.
