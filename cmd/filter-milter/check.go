@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/filter-milter/filter-milter/config"
 	"github.com/filter-milter/filter-milter/milter"
 )
 
@@ -18,8 +19,8 @@ import (
 func runCheck(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("filter-milter check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	s := defaultSettings()
-	addFlags(fs, &s)
+	s := config.Defaults()
+	s.AddFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: filter-milter check [-config FILE] [flags]\n\n"+
 			"Connects to each configured milter, negotiates as filter-milter does for a session,\n"+
@@ -33,7 +34,7 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "filter-milter check: unexpected arguments %q\n", fs.Args())
 		return exitUsage
 	}
-	milters, err := s.milterConfigs()
+	milters, err := s.MilterConfigs()
 	if err != nil {
 		fmt.Fprintf(stderr, "filter-milter check: %v\n", err)
 		return exitUsage
@@ -77,7 +78,7 @@ func checkMilter(w io.Writer, c milter.Config, globalAction string) int {
 	fmt.Fprintf(w, "  settings:       default action %s; timeouts connect %v, command %v, content %v, end of message %v\n",
 		action, c.Options.ConnectTimeout, c.Options.CommandTimeout, c.Options.ContentTimeout, c.Options.EOMTimeout)
 	fmt.Fprintf(w, "  end of message: at most %d modifications, %v bytes\n",
-		c.Options.MaxModifications, byteSize(c.Options.MaxModificationBytes))
+		c.Options.MaxModifications, config.ByteSize(c.Options.MaxModificationBytes))
 	failed := 0
 	for _, spec := range c.Endpoints {
 		cl := milter.NewClient(spec.String(), spec, c.Options)

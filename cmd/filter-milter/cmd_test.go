@@ -11,6 +11,7 @@ import (
 
 	djmilter "github.com/d--j/go-milter"
 
+	"github.com/filter-milter/filter-milter/dryrun"
 	"github.com/filter-milter/filter-milter/milter/miltertest"
 )
 
@@ -84,7 +85,12 @@ const testMessage = "From: Alice <alice@test.example>\r\nTo: Bob <bob@test.examp
 
 func writeMessage(t *testing.T, text string) string {
 	t.Helper()
-	p := filepath.Join(t.TempDir(), "msg.eml")
+	return writeFile(t, "msg.eml", text)
+}
+
+func writeFile(t *testing.T, name, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
 	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +151,7 @@ func TestTestCommandJSONReject(t *testing.T) {
 	if code != exitFailure {
 		t.Fatalf("exit %d, want %d\n%s%s", code, exitFailure, out, errOut)
 	}
-	var res testResult
+	var res dryrun.Result
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatalf("not JSON: %v\n%s", err, out)
 	}
@@ -200,24 +206,19 @@ func TestTestCommandUsage(t *testing.T) {
 	}
 }
 
-func TestUnifiedDiff(t *testing.T) {
-	lines := func(s string) [][]byte {
-		var out [][]byte
-		for _, l := range strings.Split(s, "\n") {
-			out = append(out, []byte(l))
-		}
-		return out
+// TestFilterRefusesBadConfig runs the filter command with a bad file: it
+// must exit 2 with the file, line and key on stderr before reading stdin.
+func TestFilterRefusesBadConfig(t *testing.T) {
+	path := writeFile(t, "filter-milter.toml", "[[milter]]\nsocket = \"inet:1\"\nsokcet = \"inet:2\"\n")
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"-config", path}, strings.NewReader(""), &stdout, &stderr)
+	if code != exitUsage {
+		t.Errorf("exit %d, want %d", code, exitUsage)
 	}
-	if d := unifiedDiff(lines("a\nb"), lines("a\nb"), "x", "y"); d != "" {
-		t.Errorf("equal: %q", d)
+	if want := path + ":3: unknown key milter.sokcet"; !strings.Contains(stderr.String(), want) {
+		t.Errorf("stderr %q does not contain %q", stderr.String(), want)
 	}
-	a := lines("1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n11\n12")
-	b := lines("1\n2\n3\n4\nfive\n6\n7\n8\n9\n10\n11\n12\n13")
-	want := "--- x\n+++ y\n@@ -2,7 +2,7 @@\n 2\n 3\n 4\n-5\n+five\n 6\n 7\n 8\n@@ -10,3 +10,4 @@\n 10\n 11\n 12\n+13\n"
-	if d := unifiedDiff(a, b, "x", "y"); d != want {
-		t.Errorf("diff\n%s\nwant\n%s", d, want)
-	}
-	if d := unifiedDiff(nil, lines("new"), "x", "y"); d != "--- x\n+++ y\n@@ -0,0 +1 @@\n+new\n" {
-		t.Errorf("from empty: %q", d)
+	if stdout.Len() != 0 {
+		t.Errorf("stdout must carry protocol lines only, got %q", stdout.String())
 	}
 }

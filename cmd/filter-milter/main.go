@@ -26,7 +26,9 @@ import (
 	"runtime/debug"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
+	"github.com/filter-milter/filter-milter/config"
 	"github.com/filter-milter/filter-milter/gateway"
 	"github.com/filter-milter/filter-milter/metrics"
 )
@@ -52,7 +54,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		case "check":
 			return runCheck(args[1:], stdout, stderr)
 		case "test":
-			return runTest(args[1:], stdout, stderr)
+			return runTest(args[1:], stdin, stdout, stderr)
 		case "help":
 			usage(stdout)
 			return exitOK
@@ -76,11 +78,11 @@ filter-milter(8) has the rest.
 
 // parseSettings parses the shared flags (and the command's own, which the
 // caller registered on fs), then applies the configuration file.
-func parseSettings(fs *flag.FlagSet, s *settings, args []string) error {
+func parseSettings(fs *flag.FlagSet, s *config.Settings, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err // the flag package has printed it
 	}
-	if err := s.applyConfig(fs); err != nil {
+	if err := s.ApplyFile(fs); err != nil {
 		return configError{err}
 	}
 	return nil
@@ -106,8 +108,8 @@ func reportParseError(err error, stderr io.Writer) int {
 func runFilter(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("filter-milter", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	s := defaultSettings()
-	addFlags(fs, &s)
+	s := config.Defaults()
+	s.AddFlags(fs)
 	fs.Usage = func() {
 		usage(stderr)
 		fmt.Fprintf(stderr, "\nflags (the configuration file has a key for each, with '_' for '-'; a -milter is a [[milter]] table):\n")
@@ -122,12 +124,12 @@ func runFilter(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		log.Error("unexpected arguments (subcommands are check and test)", zap.Strings("args", fs.Args()))
 		return exitUsage
 	}
-	milters, err := s.milterConfigs()
+	milters, err := s.MilterConfigs()
 	if err != nil {
 		log.Error("bad configuration", zap.Error(err))
 		return exitUsage
 	}
-	cfg := s.gatewayConfig(milters, log)
+	cfg := s.GatewayConfig(milters, log)
 	if s.MetricsListen != "" {
 		obs := metrics.New()
 		cfg.Observer = obs
@@ -177,4 +179,15 @@ func setMemoryLimit(budget int64) {
 		budget = 64 << 20
 	}
 	debug.SetMemoryLimit(max(3*budget, 192<<20))
+}
+
+// newLogger logs to stderr, one line per entry, without colour: smtpd
+// copies each line into its log prefixed with the filter's name.
+func newLogger(level zapcore.Level) *zap.Logger {
+	enc := zap.NewProductionEncoderConfig()
+	enc.TimeKey = "" // smtpd and syslog stamp the time
+	enc.EncodeLevel = zapcore.LowercaseLevelEncoder
+	enc.ConsoleSeparator = " "
+	core := zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.Lock(os.Stderr), level)
+	return zap.New(core)
 }

@@ -1,7 +1,6 @@
-package main
+package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
@@ -30,7 +29,7 @@ type fileConfig struct {
 	EOMTimeout           duration      `toml:"eom_timeout"`
 	ShutdownTimeout      duration      `toml:"shutdown_timeout"`
 	MaxModifications     modCount      `toml:"max_modifications"`
-	MaxModificationBytes byteSize      `toml:"max_modification_bytes"`
+	MaxModificationBytes ByteSize      `toml:"max_modification_bytes"`
 	Discard              discardPolicy `toml:"discard"`
 	Quarantine           quarPolicy    `toml:"quarantine"`
 	EnvelopeChange       envPolicy     `toml:"envelope_change"`
@@ -39,7 +38,7 @@ type fileConfig struct {
 	LogLevel             zapcore.Level `toml:"log_level"`
 	MetricsListen        listenAddr    `toml:"metrics_listen"`
 	BufferLimit          bufferSize    `toml:"buffer_limit"`
-	MemoryBudget         byteSize      `toml:"memory_budget"`
+	MemoryBudget         ByteSize      `toml:"memory_budget"`
 	TempDir              dirPath       `toml:"temp_dir"`
 }
 
@@ -56,12 +55,12 @@ type fileMilter struct {
 	EOMTimeout           duration     `toml:"eom_timeout"`
 	Protocol             protoVersion `toml:"protocol"`
 	MaxModifications     modCount     `toml:"max_modifications"`
-	MaxModificationBytes byteSize     `toml:"max_modification_bytes"`
+	MaxModificationBytes ByteSize     `toml:"max_modification_bytes"`
 }
 
 // loadConfig reads the configuration file into s, for every key the file
 // sets. Errors name the file, the line and the key.
-func loadConfig(path string, s *settings) error {
+func loadConfig(path string, s *Settings) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return err
@@ -137,7 +136,7 @@ func loadConfig(path string, s *settings) error {
 		s.MetricsListen = string(fc.MetricsListen)
 	}
 	if def("buffer_limit") {
-		s.BufferLimit = byteSize(fc.BufferLimit)
+		s.BufferLimit = ByteSize(fc.BufferLimit)
 	}
 	if def("memory_budget") {
 		s.MemoryBudget = fc.MemoryBudget
@@ -320,12 +319,12 @@ func (m *modCount) UnmarshalTOML(v any) error {
 	return nil
 }
 
-// bufferSize is a byteSize of at most 1G, the most one message may keep
+// bufferSize is a ByteSize of at most 1G, the most one message may keep
 // in memory.
-type bufferSize byteSize
+type bufferSize ByteSize
 
 func (b *bufferSize) UnmarshalTOML(v any) error {
-	var n byteSize
+	var n ByteSize
 	if err := n.UnmarshalTOML(v); err != nil {
 		return err
 	}
@@ -370,111 +369,4 @@ func checkListen(s string) error {
 		return fmt.Errorf("metrics listen address %q: bad port", s)
 	}
 	return nil
-}
-
-// locator finds the line of a key in a TOML file: BurntSushi/toml reports
-// lines for values it fails to decode, but MetaData.Undecoded gives keys
-// only. It understands [table] and [[array]] headers, dotted and quoted
-// keys and multi-line strings, which is all a configuration file uses.
-type locator struct {
-	entries []locEntry
-}
-
-type locEntry struct {
-	line   int
-	path   []string // the full key path the line defines
-	header bool
-}
-
-func newLocator(data []byte) *locator {
-	l := &locator{}
-	var table []string
-	inMulti := "" // the closing quotes of a multi-line string in progress
-	for i, raw := range bytes.Split(data, []byte("\n")) {
-		line := strings.TrimSpace(string(raw))
-		if inMulti != "" {
-			if strings.Contains(line, inMulti) {
-				inMulti = ""
-			}
-			continue
-		}
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		if strings.HasPrefix(line, "[") {
-			inner := strings.TrimLeft(line, "[")
-			if j := strings.Index(inner, "]"); j >= 0 {
-				inner = inner[:j]
-			}
-			table = splitKey(inner)
-			l.entries = append(l.entries, locEntry{line: i + 1, path: table, header: true})
-			continue
-		}
-		k, rest, ok := strings.Cut(line, "=")
-		if !ok {
-			continue
-		}
-		path := append(append([]string{}, table...), splitKey(k)...)
-		l.entries = append(l.entries, locEntry{line: i + 1, path: path})
-		for _, q := range []string{`"""`, `'''`} {
-			if v := strings.TrimSpace(rest); strings.HasPrefix(v, q) && !strings.Contains(v[3:], q) {
-				inMulti = q
-			}
-		}
-	}
-	return l
-}
-
-// splitKey splits a dotted key, honouring quotes.
-func splitKey(s string) []string {
-	var out []string
-	var cur strings.Builder
-	quote := byte(0)
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case quote != 0 && c == quote:
-			quote = 0
-		case quote != 0:
-			cur.WriteByte(c)
-		case c == '"' || c == '\'':
-			quote = c
-		case c == '.':
-			out = append(out, strings.TrimSpace(cur.String()))
-			cur.Reset()
-		default:
-			cur.WriteByte(c)
-		}
-	}
-	return append(out, strings.TrimSpace(cur.String()))
-}
-
-// line returns the line of the nth (0-based; default the first) line that
-// defines key or something below it, as a string ("?" when not found).
-func (l *locator) line(key toml.Key, nth ...int) string {
-	want := 0
-	if len(nth) > 0 {
-		want = nth[0]
-	}
-	seen := 0
-	for _, e := range l.entries {
-		if len(e.path) < len(key) {
-			continue
-		}
-		match := true
-		for i := range key {
-			if e.path[i] != key[i] {
-				match = false
-				break
-			}
-		}
-		if !match || (len(nth) > 0 && (!e.header || len(e.path) != len(key))) {
-			continue
-		}
-		if seen == want {
-			return strconv.Itoa(e.line)
-		}
-		seen++
-	}
-	return "?"
 }

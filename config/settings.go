@@ -1,4 +1,7 @@
-package main
+// Package config is what filter-milter is configured with: the defaults,
+// the command-line flags and the TOML configuration file (-config), how
+// they combine (flags over file over defaults), and their checks.
+package config
 
 import (
 	"errors"
@@ -16,10 +19,10 @@ import (
 	"github.com/filter-milter/filter-milter/milter"
 )
 
-// settings are everything the filter, check and test commands are
+// Settings are everything the filter, check and test commands are
 // configured with: defaults, then the configuration file, then the flags
 // given on the command line.
-type settings struct {
+type Settings struct {
 	ConfigPath      string
 	Milters         []string // -milter, in Postfix notation; replaces the file's milters when given
 	DefaultAction   string
@@ -30,28 +33,28 @@ type settings struct {
 	ShutdownTimeout time.Duration
 	// What one milter may ask for at one end of message.
 	MaxModifications     int
-	MaxModificationBytes byteSize
+	MaxModificationBytes ByteSize
 	Policy               gateway.Policy
 	Hostname             string
 	DaemonName           string
 	LogLevel             zapcore.Level
 	MetricsListen        string
-	BufferLimit          byteSize // one message's memory before it spills to a temporary file
-	MemoryBudget         byteSize // the memory of all messages together
+	BufferLimit          ByteSize // one message's memory before it spills to a temporary file
+	MemoryBudget         ByteSize // the memory of all messages together
 	TempDir              string   // where spilled messages go ("": os.TempDir)
 
 	fileMilters []fileMilterConfig // [[milter]] tables of the configuration file
 }
 
-func defaultSettings() settings {
-	return settings{
+func Defaults() Settings {
+	return Settings{
 		DefaultAction:        "tempfail",
 		ConnectTimeout:       milter.DefaultOptions.ConnectTimeout,
 		CommandTimeout:       milter.DefaultOptions.CommandTimeout,
 		ContentTimeout:       milter.DefaultOptions.ContentTimeout,
 		EOMTimeout:           milter.DefaultOptions.EOMTimeout,
 		MaxModifications:     milter.DefaultOptions.MaxModifications,
-		MaxModificationBytes: byteSize(milter.DefaultOptions.MaxModificationBytes),
+		MaxModificationBytes: ByteSize(milter.DefaultOptions.MaxModificationBytes),
 		ShutdownTimeout:      30 * time.Second,
 		Policy:               gateway.DefaultPolicy,
 		LogLevel:             zapcore.InfoLevel,
@@ -60,27 +63,27 @@ func defaultSettings() settings {
 	}
 }
 
-// byteSize is a number of bytes, written plain or with a binary suffix:
+// ByteSize is a number of bytes, written plain or with a binary suffix:
 // 512K, 1M, 64MiB, 1G.
-type byteSize int64
+type ByteSize int64
 
-func parseByteSize(v string) (byteSize, error) {
+func ParseByteSize(v string) (ByteSize, error) {
 	n, err := milter.ParseSize(v, 1<<62)
 	if err != nil {
 		return 0, fmt.Errorf("size %q: want a positive number of bytes, with K, M or G for KiB, MiB or GiB", v)
 	}
-	return byteSize(n), nil
+	return ByteSize(n), nil
 }
 
-func (b *byteSize) Set(v string) error {
-	n, err := parseByteSize(v)
+func (b *ByteSize) Set(v string) error {
+	n, err := ParseByteSize(v)
 	if err == nil {
 		*b = n
 	}
 	return err
 }
 
-func (b byteSize) String() string {
+func (b ByteSize) String() string {
 	switch {
 	case b > 0 && b%(1<<30) == 0:
 		return fmt.Sprintf("%dG", b>>30)
@@ -92,7 +95,7 @@ func (b byteSize) String() string {
 	return strconv.FormatInt(int64(b), 10)
 }
 
-func checkBufferLimit(b byteSize) error {
+func checkBufferLimit(b ByteSize) error {
 	if b > 1<<30 {
 		return fmt.Errorf("%v: at most 1G", b)
 	}
@@ -111,7 +114,7 @@ func checkDir(path string) error {
 }
 
 // UnmarshalTOML takes a number of bytes or a string with a suffix.
-func (b *byteSize) UnmarshalTOML(v any) error {
+func (b *ByteSize) UnmarshalTOML(v any) error {
 	switch x := v.(type) {
 	case int64:
 		return b.Set(strconv.FormatInt(x, 10))
@@ -121,16 +124,17 @@ func (b *byteSize) UnmarshalTOML(v any) error {
 	return fmt.Errorf("size %v: want a number of bytes or a string such as \"64M\"", v)
 }
 
-type specList []string
+// StringList is a flag that may be repeated; each value is appended.
+type StringList []string
 
-func (l *specList) String() string     { return strings.Join(*l, " ") }
-func (l *specList) Set(s string) error { *l = append(*l, s); return nil }
+func (l *StringList) String() string     { return strings.Join(*l, " ") }
+func (l *StringList) Set(s string) error { *l = append(*l, s); return nil }
 
-// addFlags registers the flags every command shares. Their values land in
-// s; parse applies the configuration file under them.
-func addFlags(fs *flag.FlagSet, s *settings) {
+// AddFlags registers the flags every command shares. Their values land in
+// s; ApplyFile, after fs.Parse, applies the configuration file under them.
+func (s *Settings) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&s.ConfigPath, "config", "", "a configuration file (TOML) with the settings below; flags given on the command line override it")
-	fs.Var((*specList)(&s.Milters), "milter", "a milter: unix:/path, inet:host:port, inet:port@host or inet6:[addr]:port; several endpoints of one role separated by commas form a pool; settings in braces: {default_action=accept, connect_timeout=10s, command_timeout=10s, content_timeout=5m, eom_timeout=10m, max_modifications=10000, max_modification_bytes=64M, protocol=6}. Repeat for several milters, in order; replaces the configuration file's milters")
+	fs.Var((*StringList)(&s.Milters), "milter", "a milter: unix:/path, inet:host:port, inet:port@host or inet6:[addr]:port; several endpoints of one role separated by commas form a pool; settings in braces: {default_action=accept, connect_timeout=10s, command_timeout=10s, content_timeout=5m, eom_timeout=10m, max_modifications=10000, max_modification_bytes=64M, protocol=6}. Repeat for several milters, in order; replaces the configuration file's milters")
 	fs.StringVar(&s.DefaultAction, "default-action", s.DefaultAction, "what a session gets when a milter fails or times out: tempfail, accept or reject")
 	fs.DurationVar(&s.ConnectTimeout, "connect-timeout", s.ConnectTimeout, "time to connect to a milter and negotiate")
 	fs.DurationVar(&s.CommandTimeout, "command-timeout", s.CommandTimeout, "time a milter has to answer CONNECT, HELO, MAIL, RCPT and DATA")
@@ -153,36 +157,36 @@ func addFlags(fs *flag.FlagSet, s *settings) {
 
 // settingFlags are the flags whose value a configuration file can set,
 // and how to copy each from the file's settings.
-var settingFlags = map[string]func(dst, src *settings){
-	"default-action":         func(d, s *settings) { d.DefaultAction = s.DefaultAction },
-	"connect-timeout":        func(d, s *settings) { d.ConnectTimeout = s.ConnectTimeout },
-	"command-timeout":        func(d, s *settings) { d.CommandTimeout = s.CommandTimeout },
-	"content-timeout":        func(d, s *settings) { d.ContentTimeout = s.ContentTimeout },
-	"eom-timeout":            func(d, s *settings) { d.EOMTimeout = s.EOMTimeout },
-	"max-modifications":      func(d, s *settings) { d.MaxModifications = s.MaxModifications },
-	"max-modification-bytes": func(d, s *settings) { d.MaxModificationBytes = s.MaxModificationBytes },
-	"discard":                func(d, s *settings) { d.Policy.Discard = s.Policy.Discard },
-	"quarantine":             func(d, s *settings) { d.Policy.Quarantine = s.Policy.Quarantine },
-	"envelope-change":        func(d, s *settings) { d.Policy.Envelope = s.Policy.Envelope },
-	"shutdown-timeout":       func(d, s *settings) { d.ShutdownTimeout = s.ShutdownTimeout },
-	"hostname":               func(d, s *settings) { d.Hostname = s.Hostname },
-	"daemon-name":            func(d, s *settings) { d.DaemonName = s.DaemonName },
-	"log-level":              func(d, s *settings) { d.LogLevel = s.LogLevel },
-	"metrics-listen":         func(d, s *settings) { d.MetricsListen = s.MetricsListen },
-	"buffer-limit":           func(d, s *settings) { d.BufferLimit = s.BufferLimit },
-	"memory-budget":          func(d, s *settings) { d.MemoryBudget = s.MemoryBudget },
-	"temp-dir":               func(d, s *settings) { d.TempDir = s.TempDir },
+var settingFlags = map[string]func(dst, src *Settings){
+	"default-action":         func(d, s *Settings) { d.DefaultAction = s.DefaultAction },
+	"connect-timeout":        func(d, s *Settings) { d.ConnectTimeout = s.ConnectTimeout },
+	"command-timeout":        func(d, s *Settings) { d.CommandTimeout = s.CommandTimeout },
+	"content-timeout":        func(d, s *Settings) { d.ContentTimeout = s.ContentTimeout },
+	"eom-timeout":            func(d, s *Settings) { d.EOMTimeout = s.EOMTimeout },
+	"max-modifications":      func(d, s *Settings) { d.MaxModifications = s.MaxModifications },
+	"max-modification-bytes": func(d, s *Settings) { d.MaxModificationBytes = s.MaxModificationBytes },
+	"discard":                func(d, s *Settings) { d.Policy.Discard = s.Policy.Discard },
+	"quarantine":             func(d, s *Settings) { d.Policy.Quarantine = s.Policy.Quarantine },
+	"envelope-change":        func(d, s *Settings) { d.Policy.Envelope = s.Policy.Envelope },
+	"shutdown-timeout":       func(d, s *Settings) { d.ShutdownTimeout = s.ShutdownTimeout },
+	"hostname":               func(d, s *Settings) { d.Hostname = s.Hostname },
+	"daemon-name":            func(d, s *Settings) { d.DaemonName = s.DaemonName },
+	"log-level":              func(d, s *Settings) { d.LogLevel = s.LogLevel },
+	"metrics-listen":         func(d, s *Settings) { d.MetricsListen = s.MetricsListen },
+	"buffer-limit":           func(d, s *Settings) { d.BufferLimit = s.BufferLimit },
+	"memory-budget":          func(d, s *Settings) { d.MemoryBudget = s.MemoryBudget },
+	"temp-dir":               func(d, s *Settings) { d.TempDir = s.TempDir },
 }
 
-// applyConfig reads s.ConfigPath, when given, and takes from it every
+// ApplyFile reads s.ConfigPath, when given, and takes from it every
 // setting whose flag was not given on the command line.
-func (s *settings) applyConfig(fs *flag.FlagSet) error {
+func (s *Settings) ApplyFile(fs *flag.FlagSet) error {
 	if s.ConfigPath == "" {
 		return nil
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	file := defaultSettings()
+	file := Defaults()
 	if err := loadConfig(s.ConfigPath, &file); err != nil {
 		return err
 	}
@@ -198,15 +202,16 @@ func (s *settings) applyConfig(fs *flag.FlagSet) error {
 }
 
 // options are the milter options every milter starts from.
-func (s *settings) options() milter.Options {
+func (s *Settings) options() milter.Options {
 	o := milter.DefaultOptions
 	o.ConnectTimeout, o.CommandTimeout, o.ContentTimeout = s.ConnectTimeout, s.CommandTimeout, s.ContentTimeout
 	o.EOMTimeout, o.MaxModifications, o.MaxModificationBytes = s.EOMTimeout, s.MaxModifications, int64(s.MaxModificationBytes)
 	return o
 }
 
-// check validates what the flags could not, and returns the milters.
-func (s *settings) milterConfigs() ([]milter.Config, error) {
+// MilterConfigs checks what the flags could not, and returns the milters:
+// those of -milter when given, else the file's [[milter]] tables.
+func (s *Settings) MilterConfigs() ([]milter.Config, error) {
 	if _, err := gateway.ParseAction(s.DefaultAction); err != nil {
 		return nil, fmt.Errorf("default action: %w", err)
 	}
@@ -257,9 +262,9 @@ func (s *settings) milterConfigs() ([]milter.Config, error) {
 	return out, nil
 }
 
-// gatewayConfig is the gateway's configuration for these settings.
-func (s *settings) gatewayConfig(milters []milter.Config, log *zap.Logger) gateway.Config {
-	action, _ := gateway.ParseAction(s.DefaultAction) // checked in milterConfigs
+// GatewayConfig is the gateway's configuration for these settings.
+func (s *Settings) GatewayConfig(milters []milter.Config, log *zap.Logger) gateway.Config {
+	action, _ := gateway.ParseAction(s.DefaultAction) // checked in MilterConfigs
 	var pools []*milter.Pool
 	for _, c := range milters {
 		pools = append(pools, milter.NewPool(c))
@@ -276,15 +281,4 @@ func (s *settings) gatewayConfig(milters []milter.Config, log *zap.Logger) gatew
 		MemoryBudget:    int64(s.MemoryBudget),
 		TempDir:         s.TempDir,
 	}
-}
-
-// newLogger logs to stderr, one line per entry, without colour: smtpd
-// copies each line into its log prefixed with the filter's name.
-func newLogger(level zapcore.Level) *zap.Logger {
-	enc := zap.NewProductionEncoderConfig()
-	enc.TimeKey = "" // smtpd and syslog stamp the time
-	enc.EncodeLevel = zapcore.LowercaseLevelEncoder
-	enc.ConsoleSeparator = " "
-	core := zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.Lock(os.Stderr), level)
-	return zap.New(core)
 }

@@ -1,7 +1,6 @@
-package main
+package config
 
 import (
-	"bytes"
 	"flag"
 	"io"
 	"os"
@@ -17,16 +16,19 @@ import (
 )
 
 // parseArgs parses args with the shared flags, as every command does.
-func parseArgs(t *testing.T, args ...string) (settings, []milter.Config, error) {
+func parseArgs(t *testing.T, args ...string) (Settings, []milter.Config, error) {
 	t.Helper()
 	fs := flag.NewFlagSet("test", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	s := defaultSettings()
-	addFlags(fs, &s)
-	if err := parseSettings(fs, &s, args); err != nil {
+	s := Defaults()
+	s.AddFlags(fs)
+	if err := fs.Parse(args); err != nil {
 		return s, nil, err
 	}
-	ms, err := s.milterConfigs()
+	if err := s.ApplyFile(fs); err != nil {
+		return s, nil, err
+	}
+	ms, err := s.MilterConfigs()
 	return s, ms, err
 }
 
@@ -81,7 +83,7 @@ func TestConfigFileGood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := settings{
+	want := Settings{
 		ConfigPath: path, DefaultAction: "accept", ConnectTimeout: 5 * time.Second, CommandTimeout: 20 * time.Second,
 		ContentTimeout: 2 * time.Minute, ShutdownTimeout: 45 * time.Second,
 		Policy:   gateway.Policy{Discard: "junk", Quarantine: "reject", Envelope: "ignore"},
@@ -129,7 +131,7 @@ func TestConfigFlagsOverrideFile(t *testing.T) {
 		s.LogLevel != zapcore.WarnLevel || s.MetricsListen != "" || s.Policy.Discard != "reject" || s.BufferLimit != 512<<10 {
 		t.Errorf("flags did not override the file: %+v", s)
 	}
-	if gc := s.gatewayConfig(ms, nil); gc.BufferLimit != 512<<10 || gc.MemoryBudget != 128<<20 || gc.TempDir != "/tmp" ||
+	if gc := s.GatewayConfig(ms, nil); gc.BufferLimit != 512<<10 || gc.MemoryBudget != 128<<20 || gc.TempDir != "/tmp" ||
 		gc.DefaultAction != gateway.Reject || gc.Hostname != "other.example" || len(gc.Milters) != 2 {
 		t.Errorf("gateway config %+v", gc)
 	}
@@ -216,17 +218,17 @@ func TestConfigFileErrors(t *testing.T) {
 }
 
 func TestByteSize(t *testing.T) {
-	for in, want := range map[string]byteSize{"1": 1, "512K": 512 << 10, "1M": 1 << 20, "64MiB": 64 << 20, "2G": 2 << 30, "3kB": 3 << 10} {
-		if got, err := parseByteSize(in); err != nil || got != want {
-			t.Errorf("parseByteSize(%q) = %v, %v; want %v", in, got, err, want)
+	for in, want := range map[string]ByteSize{"1": 1, "512K": 512 << 10, "1M": 1 << 20, "64MiB": 64 << 20, "2G": 2 << 30, "3kB": 3 << 10} {
+		if got, err := ParseByteSize(in); err != nil || got != want {
+			t.Errorf("ParseByteSize(%q) = %v, %v; want %v", in, got, err, want)
 		}
 	}
 	for _, bad := range []string{"", "0", "-1", "1T", "M", "1.5M", "99999999999G"} {
-		if got, err := parseByteSize(bad); err == nil {
-			t.Errorf("parseByteSize(%q) = %v, want an error", bad, got)
+		if got, err := ParseByteSize(bad); err == nil {
+			t.Errorf("ParseByteSize(%q) = %v, want an error", bad, got)
 		}
 	}
-	if s := byteSize(64 << 20).String(); s != "64M" {
+	if s := ByteSize(64 << 20).String(); s != "64M" {
 		t.Errorf("String() = %q", s)
 	}
 }
@@ -235,23 +237,6 @@ func TestConfigFileMissing(t *testing.T) {
 	_, _, err := parseArgs(t, "-config", "/nonexistent/filter-milter.toml")
 	if err == nil || !strings.Contains(err.Error(), "/nonexistent/filter-milter.toml") {
 		t.Errorf("missing file: %v", err)
-	}
-}
-
-// TestFilterRefusesBadConfig runs the filter command with a bad file: it
-// must exit 2 with the file, line and key on stderr before reading stdin.
-func TestFilterRefusesBadConfig(t *testing.T) {
-	path := writeConfig(t, "[[milter]]\nsocket = \"inet:1\"\nsokcet = \"inet:2\"\n")
-	var stdout, stderr bytes.Buffer
-	code := run([]string{"-config", path}, strings.NewReader(""), &stdout, &stderr)
-	if code != exitUsage {
-		t.Errorf("exit %d, want %d", code, exitUsage)
-	}
-	if want := path + ":3: unknown key milter.sokcet"; !strings.Contains(stderr.String(), want) {
-		t.Errorf("stderr %q does not contain %q", stderr.String(), want)
-	}
-	if stdout.Len() != 0 {
-		t.Errorf("stdout must carry protocol lines only, got %q", stdout.String())
 	}
 }
 
