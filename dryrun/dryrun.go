@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -16,9 +17,11 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/filter-milter/filter-milter/compat"
 	"github.com/filter-milter/filter-milter/config"
 	"github.com/filter-milter/filter-milter/gateway"
 	"github.com/filter-milter/filter-milter/milter"
+	"github.com/filter-milter/filter-milter/smtpdplay"
 )
 
 // Session is the SMTP session smtpd reports and filters around the
@@ -55,8 +58,16 @@ func Run(s *config.Settings, milters []milter.Config, sess Session, m *Message, 
 	return res, nil
 }
 
-// play runs the message through the gateway.
+// play runs the message through the gateway, playing smtpd 7.4 on its
+// stdin and stdout.
 func play(s *config.Settings, milters []milter.Config, sess Session, m *Message, log *zap.Logger) (*Result, error) {
+	host := s.Hostname
+	if host == "" {
+		host, _ = os.Hostname()
+		if host == "" {
+			host = "localhost"
+		}
+	}
 	rec := newRecorder(milters)
 	cfg := s.GatewayConfig(milters, log)
 	cfg.Observer = rec
@@ -69,7 +80,6 @@ func play(s *config.Settings, milters []milter.Config, sess Session, m *Message,
 		_ = outW.Close()
 		runErr <- err
 	}()
-	p := newPlayer(inW, outR, s.ConnectTimeout+s.CommandTimeout+s.ContentTimeout+30*time.Second)
 
 	res := &Result{
 		Message:  m.Name,
@@ -80,14 +90,23 @@ func play(s *config.Settings, milters []milter.Config, sess Session, m *Message,
 	if m.mboxFrom != "" {
 		res.notes = append(res.notes, fmt.Sprintf("dropped the mbox separator line %q", m.mboxFrom))
 	}
-	err := p.session(s, &sess, m, res)
+	player, err := smtpdplay.Start(inW, outR, smtpdplay.Config{
+		Protocol: compat.Version{Major: 0, Minor: 7}, SmtpdVersion: "7.4.0", AnnounceProtocol: true, Admd: host,
+		// The longest the gateway may take to answer: a milter that
+		// connects, then takes its whole time over a command.
+		Wait: s.ConnectTimeout + s.CommandTimeout + s.ContentTimeout + 30*time.Second,
+	})
+	if err == nil {
+		p := &session{play: player.NewSession(), res: res}
+		err = p.run(host, &sess, m)
+		err = errors.Join(err, p.play.End())
+		// Closing the gateway's stdin ends it, as smtpd closing the pipe
+		// does; Close then checks that it wrote nothing unasked.
+		err = errors.Join(err, player.Close())
+	}
 	_ = inW.Close()
-	// Drain what is left so that the gateway can finish, then wait for it:
-	// every milter answer has reached the recorder once Run returns.
-	go func() {
-		for range p.lines {
-		}
-	}()
+	// Wait for the gateway: every milter answer has reached the recorder
+	// once Run returns.
 	select {
 	case rerr := <-runErr:
 		if err == nil && rerr != nil {

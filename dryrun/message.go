@@ -45,6 +45,16 @@ func ReadMessage(path string, stdin io.Reader) (*Message, error) {
 	return m, nil
 }
 
+// size is the message's size as tx-commit reports it: each line with its
+// CRLF, before dot-stuffing.
+func (m *Message) size() int {
+	n := 0
+	for _, l := range m.lines {
+		n += len(l) + 2
+	}
+	return n
+}
+
 // header returns the unfolded values of the header fields named name.
 func (m *Message) header(name string) []string {
 	var out []string
