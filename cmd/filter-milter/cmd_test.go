@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -191,18 +192,105 @@ func TestTestCommandMilterDown(t *testing.T) {
 	}
 }
 
+// testUsageHead is the test command's usage as filter-milter(8) and
+// docs/postmaster.md describe it, written out here so that a change to
+// the text is a change to this test.
+const testUsageHead = `usage: filter-milter test [-config FILE] [flags] [--from ADDR] [--rcpt ADDR]... [--client-ip IP]
+                          [--helo NAME] [--auth USER] [--json] [-o FILE] MESSAGE.eml
+
+Runs MESSAGE.eml ("-": standard input) through the configured milters as smtpd would, without smtpd,
+and prints each milter's answers, the changes they asked for, the verdict and a diff of the message.
+Exit status: 0 accepted, 1 refused, 2 usage or configuration error.
+
+flags:
+`
+
+// TestTestCommandUsage: a usage or configuration error of the test
+// command exits 2, with its usage or one line
+// saying what is wrong on stderr, and nothing on stdout, where the result
+// goes; -h prints the usage on stderr and exits 0.
 func TestTestCommandUsage(t *testing.T) {
-	msg := writeMessage(t, "Subject: no recipients\n\nx\n")
-	for _, args := range [][]string{
-		{"test", "-milter", "inet:1"},
-		{"test", "-milter", "inet:1", msg},
-		{"test", "-milter", "inet:1", "--rcpt", "a@b", "--client-ip", "nonsense", msg},
-		{"test", "-milter", "inet:1", "--rcpt", "a@b", "/nonexistent.eml"},
-		{"test", "--rcpt", "a@b", msg},
-	} {
-		if code, out, errOut := runCmd(t, args...); code != exitUsage {
-			t.Errorf("%q: exit %d, want %d\n%s%s", args, code, exitUsage, out, errOut)
+	noRcpt := writeMessage(t, "Subject: no recipients\n\nx\n")
+	msg := writeMessage(t, testMessage)
+	usage := func(stderr string) error {
+		if !strings.HasPrefix(stderr, testUsageHead) {
+			return fmt.Errorf("does not start with the usage")
 		}
+		// The shared flags, then the test command's own, as PrintDefaults
+		// writes them (in name order).
+		for _, f := range []string{"\n  -auth string\n", "\n  -client-ip string\n", "\n  -config string\n", "\n  -from string\n",
+			"\n  -helo string\n", "\n  -json\n", "\n  -milter value\n", "\n  -o string\n", "\n  -rcpt value\n"} {
+			if !strings.Contains(stderr, f) {
+				return fmt.Errorf("lacks the flag %q", strings.TrimSpace(f))
+			}
+		}
+		return nil
+	}
+	line := func(want string) func(string) error {
+		return func(stderr string) error {
+			if stderr != want {
+				return fmt.Errorf("want %q", want)
+			}
+			return nil
+		}
+	}
+	for _, c := range []struct {
+		args   []string
+		code   int
+		stderr func(string) error
+	}{
+		{[]string{"test", "-milter", "inet:1"}, exitUsage, usage},
+		{[]string{"test", "-milter", "inet:1", msg, msg}, exitUsage, usage},
+		{[]string{"test", "-h"}, exitOK, usage},
+		{[]string{"test", "-bogus", msg}, exitUsage, func(stderr string) error {
+			first, rest, _ := strings.Cut(stderr, "\n")
+			if first != "flag provided but not defined: -bogus" {
+				return fmt.Errorf("first line %q", first)
+			}
+			return usage(rest)
+		}},
+		{[]string{"test", "-milter", "inet:1", noRcpt}, exitUsage,
+			line("filter-milter test: no recipient: give --rcpt ADDRESS (the message has no To: or Cc: address)\n")},
+		{[]string{"test", "-milter", "inet:1", "--rcpt", "a@b", "--client-ip", "nonsense", noRcpt}, exitUsage,
+			line("filter-milter test: --client-ip \"nonsense\": ParseAddr(\"nonsense\"): unable to parse IP\n")},
+		{[]string{"test", "-milter", "inet:1", "--rcpt", "a b@c", noRcpt}, exitUsage,
+			line("filter-milter test: address \"a b@c\": give it bare, without <>, spaces or '|'\n")},
+		{[]string{"test", "-milter", "inet:1", "--rcpt", "a@b", "/nonexistent.eml"}, exitUsage,
+			line("filter-milter test: open /nonexistent.eml: no such file or directory\n")},
+		{[]string{"test", "--rcpt", "a@b", msg}, exitUsage,
+			line("filter-milter test: no milter configured: give at least one -milter SPEC, or -config FILE\n")},
+		{[]string{"test", "-milter", "tcp:1", msg}, exitUsage, func(stderr string) error {
+			if !strings.HasPrefix(stderr, "filter-milter test: -milter: ") || strings.Count(stderr, "\n") != 1 {
+				return fmt.Errorf("want one line \"filter-milter test: -milter: ...\"")
+			}
+			return nil
+		}},
+	} {
+		code, out, errOut := runCmd(t, c.args...)
+		if code != c.code {
+			t.Errorf("%q: exit %d, want %d", c.args, code, c.code)
+		}
+		if out != "" {
+			t.Errorf("%q: stdout %q, want nothing: it carries the result", c.args, out)
+		}
+		if err := c.stderr(errOut); err != nil {
+			t.Errorf("%q: stderr %v:\n%s", c.args, err, errOut)
+		}
+	}
+}
+
+// TestHelpGoesToStdout: "filter-milter help" prints the usage of all
+// three commands on stdout and exits 0; the usage errors of the filter
+// print it on stderr and exit 2, leaving stdout to the protocol.
+func TestHelpGoesToStdout(t *testing.T) {
+	code, out, errOut := runCmd(t, "help")
+	if code != exitOK || errOut != "" || !strings.HasPrefix(out, "usage:\n  filter-milter [-config FILE] [flags]") ||
+		!strings.Contains(out, "\n  filter-milter check [-config FILE] [flags]") || !strings.Contains(out, "\n  filter-milter test [-config FILE] [flags]") {
+		t.Errorf("help: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	code, out, errOut = runCmd(t, "-bogus")
+	if code != exitUsage || out != "" || !strings.Contains(errOut, "flag provided but not defined: -bogus\nusage:\n  filter-milter [-config FILE]") {
+		t.Errorf("-bogus: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 }
 
