@@ -13,7 +13,7 @@ import (
 // every configured milter (package probe) and prints what each answered.
 // It exits 1 when any endpoint failed, 2 on a usage or configuration
 // error.
-func runCheck(args []string, stdout, stderr io.Writer) int {
+func runCheck(args []string, _ io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("filter-milter check", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	s := config.Defaults()

@@ -40,8 +40,21 @@ const (
 	exitUsage   = 2 // bad flags or configuration
 )
 
+// commands are the subcommands, each with the filter's stdin, stdout and
+// stderr; any other first argument is a flag of the filter itself.
+var commands = map[string]func(args []string, stdin io.Reader, stdout, stderr io.Writer) int{
+	"check": runCheck,
+	"test":  runTest,
+	"help": func(_ []string, _ io.Reader, stdout, _ io.Writer) int {
+		usage(stdout)
+		return exitOK
+	},
+}
+
 func main() {
-	if len(os.Args) > 1 && (os.Args[1] == "check" || os.Args[1] == "test" || os.Args[1] == "help") {
+	// The postmaster's commands run on a terminal, which must stay as it
+	// is; only the filter's pipes from smtpd go non-blocking.
+	if len(os.Args) > 1 && commands[os.Args[1]] != nil {
 		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
 	stdin, stdout := pollableStdio()
@@ -50,14 +63,8 @@ func main() {
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
-		switch args[0] {
-		case "check":
-			return runCheck(args[1:], stdout, stderr)
-		case "test":
-			return runTest(args[1:], stdin, stdout, stderr)
-		case "help":
-			usage(stdout)
-			return exitOK
+		if command := commands[args[0]]; command != nil {
+			return command(args[1:], stdin, stdout, stderr)
 		}
 	}
 	return runFilter(args, stdin, stdout, stderr)
