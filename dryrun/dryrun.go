@@ -97,7 +97,7 @@ func play(s *config.Settings, milters []milter.Config, sess Session, m *Message,
 		Wait: s.ConnectTimeout + s.CommandTimeout + s.ContentTimeout + 30*time.Second,
 	})
 	if err == nil {
-		p := &session{play: player.NewSession(), res: res}
+		p := &smtpd{play: player.NewSession(), res: res}
 		err = p.run(host, &sess, m)
 		err = errors.Join(err, p.play.End())
 		// Closing the gateway's stdin ends it, as smtpd closing the pipe

@@ -11,17 +11,18 @@ import (
 	"github.com/filter-milter/filter-milter/smtpdplay"
 )
 
-// session is one SMTP session as smtpd 7.4 reports and filters it, played
-// through smtpdplay. Reports go through report, which keeps the first
-// write error, so that the session reads as smtpd's order of events.
-type session struct {
+// smtpd is smtpd 7.4's side of one SMTP session, which it reports and
+// filters, played through smtpdplay. Reports go through report, which
+// keeps the first write error, so that run reads in smtpd's order of
+// events.
+type smtpd struct {
 	play *smtpdplay.Session
 	res  *Result
 	last protocol.Decision // the answer to the last request
 	err  error             // the first error of a report
 }
 
-func (p *session) report(event string, fields ...string) {
+func (p *smtpd) report(event string, fields ...string) {
 	if p.err == nil {
 		p.err = p.play.Report(event, fields...)
 	}
@@ -29,7 +30,7 @@ func (p *session) report(event string, fields ...string) {
 
 // ask sends one filter request, records it as the command the client
 // sent, and says whether smtpd would go on (proceed).
-func (p *session) ask(command, phase, param string) (bool, error) {
+func (p *smtpd) ask(command, phase, param string) (bool, error) {
 	if p.err != nil {
 		return false, p.err
 	}
@@ -48,7 +49,7 @@ func (p *session) ask(command, phase, param string) (bool, error) {
 
 // end reports the end of the session, after the transaction's own end
 // events when one was open.
-func (p *session) end(events ...[]string) error {
+func (p *smtpd) end(events ...[]string) error {
 	for _, e := range events {
 		p.report(e[0], e[1:]...)
 	}
@@ -58,7 +59,7 @@ func (p *session) end(events ...[]string) error {
 
 // stop ends the session where a request stopped it: on an error at once,
 // else as smtpd ends it after a refusal.
-func (p *session) stop(err error, events ...[]string) error {
+func (p *smtpd) stop(err error, events ...[]string) error {
 	if err != nil {
 		return err
 	}
@@ -67,7 +68,7 @@ func (p *session) stop(err error, events ...[]string) error {
 
 // run plays the session. It stops where smtpd would: a refused connect,
 // HELO, MAIL or DATA, no recipient accepted.
-func (p *session) run(host string, t *Session, m *Message) error {
+func (p *smtpd) run(host string, t *Session, m *Message) error {
 	ip, _ := netip.ParseAddr(t.ClientIP)
 	ip = ip.Unmap()
 	rdns, fcrdns := "<unknown>", "error"
@@ -157,7 +158,7 @@ func (p *session) run(host string, t *Session, m *Message) error {
 // data sends the message, dot-stuffed as the client sends it and smtpd
 // passes it on, all lines under one token, then ".", and returns the
 // lines the gateway hands back, unstuffed.
-func (p *session) data(m *Message) ([][]byte, error) {
+func (p *smtpd) data(m *Message) ([][]byte, error) {
 	tok := p.play.StartData()
 	// In writes of about 64 KB, as smtpd's pipe carries a large message.
 	var batch []string
