@@ -22,6 +22,9 @@ const (
 	phaseNegotiation readPhase = iota
 	// phaseReply: the one reply to a command other than end of message.
 	phaseReply
+	// phaseGreeting: the one reply to CONNECT or HELO, where DISCARD
+	// means nothing (there is no message yet).
+	phaseGreeting
 	// phaseEndOfMessage: modifications and PROGRESS, then one reply.
 	phaseEndOfMessage
 )
@@ -30,6 +33,8 @@ const (
 const (
 	replyProgress = 'p' // SMFIR_PROGRESS
 	replyBody     = 'b' // SMFIR_REPLBODY
+	replyDiscard  = 'd' // SMFIR_DISCARD
+	replyContinue = 'c' // SMFIR_CONTINUE
 )
 
 // isVerdict reports whether code is a reply that answers a command:

@@ -262,7 +262,7 @@ func (s *settings) gatewayConfig(milters []milter.Config, log *zap.Logger) gatew
 	action, _ := gateway.ParseAction(s.DefaultAction) // checked in milterConfigs
 	var pools []*milter.Pool
 	for _, c := range milters {
-		pools = append(pools, milter.NewPool(c))
+		pools = append(pools, milter.NewPool(c, log))
 	}
 	return gateway.Config{
 		Milters:         pools,
