@@ -288,3 +288,73 @@ func TestGoMilterHasNothingToWarnAbout(t *testing.T) {
 		}
 	}
 }
+
+// writeLog is a scripted milter that keeps each Write call apart.
+type writeLog struct {
+	scriptConn
+	writes [][]byte
+}
+
+func (c *writeLog) Write(p []byte) (int, error) {
+	c.writes = append(c.writes, bytes.Clone(p))
+	return len(p), nil
+}
+
+// TestGoMilterWritePattern pins, on go-milter's own client with nothing
+// of conn in between, the two ways conn's byte-level patches depend on
+// how go-milter writes:
+//
+//   - skipEmptyBody recognises an empty SMFIC_BODY as one Write of
+//     exactly emptyBody; if go-milter wrote it in pieces, or with a
+//     payload, the empty BODY would reach the milter (opendkim drops the
+//     connection on one).
+//   - writeHeader writes SMFIC_HEADER packets itself for a milter that
+//     negotiated SMFIP_NR_HDR; its bytes must be those of go-milter's
+//     HeaderField, value trimming included, or the two paths would send
+//     different headers.
+//
+// If this test fails after an update of go-milter, the patch it names
+// must change with it.
+func TestGoMilterWritePattern(t *testing.T) {
+	noReplies := protoNoConnectReply | protoNoHeloReply | protoNoMailReply | protoNoRcptReply |
+		protoNoDataReply | protoNoHeaderReply | protoNoEOHReply | protoNoBodyReply
+	nc := &writeLog{scriptConn: scriptConn{r: bytes.NewReader(optnegReply(0x1ff, noReplies))}}
+	c := NewClient("pin", Spec{Network: "unix", Address: "pin"}, DefaultOptions, nil)
+	opts := append(c.djOptions[:len(c.djOptions):len(c.djOptions)], djmilter.WithDialer(connDialer{nc}))
+	dj, err := djmilter.NewClient("unix", "pin", opts...).Session(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []func() (*djmilter.Action, error){
+		func() (*djmilter.Action, error) { return dj.Conn("h", djmilter.FamilyInet, 1, "192.0.2.1") },
+		func() (*djmilter.Action, error) { return dj.Helo("h") },
+		func() (*djmilter.Action, error) { return dj.Mail("a@b", "") },
+		func() (*djmilter.Action, error) { return dj.Rcpt("c@d", "") },
+		dj.DataStart,
+	} {
+		if _, err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, h := range [][2]string{{"Subject", "x"}, {"X-Folded", "a\n\tb\r\n"}, {"X-CR", "v\r"}, {"X-Only-CRLF", "\r\n"}, {"X-Empty", ""}} {
+		nc.writes = nil
+		if _, err := dj.HeaderField(h[0], h[1], nil); err != nil {
+			t.Fatal(err)
+		}
+		value := trimLastLineBreak([]byte(h[1]))
+		want := appendHeader(nil, 1+len(h[0])+1+len(value)+1, []byte(h[0]), value)
+		if got := bytes.Join(nc.writes, nil); !bytes.Equal(got, want) {
+			t.Errorf("go-milter's HeaderField(%q, %q) wrote %q; writeHeader writes %q", h[0], h[1], got, want)
+		}
+	}
+	if _, err := dj.HeaderEnd(); err != nil {
+		t.Fatal(err)
+	}
+	nc.writes = nil
+	if _, err := dj.BodyChunk(nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(nc.writes) != 1 || !bytes.Equal(nc.writes[0], emptyBody) {
+		t.Errorf("go-milter wrote an empty body as %q; skipEmptyBody drops one Write of exactly %q", nc.writes, emptyBody)
+	}
+}
