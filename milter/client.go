@@ -121,8 +121,8 @@ func (c *Client) openOn(nc net.Conn, macros *Macros) (*Session, error) {
 		return nil, fmt.Errorf("milter %s: negotiate: %w", c.Name, err)
 	}
 	mc.phase = phaseReply
-	for bit := djmilter.OptAction(1); bit <= djmilter.OptSetMacros; bit <<= 1 {
-		if dj.ActionOption(bit) {
+	for bit := uint32(1); bit <= actSetSymlist; bit <<= 1 {
+		if dj.ActionOption(djmilter.OptAction(bit)) {
 			mc.actions |= bit
 		}
 	}

@@ -14,7 +14,6 @@ import (
 	"time"
 	"unsafe"
 
-	djmilter "github.com/d--j/go-milter"
 	"go.uber.org/zap"
 )
 
@@ -50,6 +49,15 @@ var ErrPacketTooLarge = errors.New("milter packet length out of range")
 //     SMFIR_REPLBODY packets itself and writes their payload to the
 //     caller's writer, so a body of any size is never held in memory;
 //     go-milter never sees them.
+//   - What go-milter would only warn about through its process-wide hook
+//     (LogWarning), conn settles and logs in the session's log: macro
+//     lists in the negotiation answer it cannot use (completeSymlists)
+//     and DISCARD in answer to CONNECT or HELO (phaseGreeting).
+//
+// Two of these patch go-milter's traffic at the byte level, and
+// TestGoMilterWritePattern pins the write pattern each relies on:
+// skipEmptyBody (an empty BODY is one Write of emptyBody) and writeHeader
+// (a header packet is what HeaderField writes).
 //
 // On TCP it also re-arms TCP_QUICKACK before each read: libmilter writes each
 // end-of-message modification as its own small packet, and without quick
@@ -67,7 +75,7 @@ type conn struct {
 	sock                  syscall.RawConn // any socket, to peek at it (quiet); nil when not a socket
 
 	phase   readPhase
-	actions djmilter.OptAction // negotiated: the modifications the milter may send
+	actions uint32 // SMFIF_*, negotiated: the modifications the milter may send
 	eom     endOfMessage
 	chunk   []byte // the buffer replacement body packets are copied through
 
