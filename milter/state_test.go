@@ -105,13 +105,12 @@ func TestSessionStates(t *testing.T) {
 				}
 			}
 			_ = s.Close()
-			if want := stateClosed; c.steps[len(c.steps)-1].state == stateFailed {
-				want = stateFailed
-				if s.state != want {
-					t.Errorf("state %s after Close of a failed session", s.state)
-				}
-			} else if s.state != want || !errors.Is(s.Err(), errClosed) {
-				t.Errorf("state %s, Err %v after Close", s.state, s.Err())
+			wantState := stateClosed
+			if c.steps[len(c.steps)-1].state == stateFailed {
+				wantState = stateFailed // Close keeps the failure and its error
+			}
+			if s.state != wantState || s.Err() == nil || (wantState == stateClosed) != errors.Is(s.Err(), errClosed) {
+				t.Errorf("after Close: state %s, Err %v; want %s", s.state, s.Err(), wantState)
 			}
 		})
 	}
