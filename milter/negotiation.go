@@ -137,6 +137,15 @@ var defaultMacroLists = [numMacroStages][]string{
 	stageData: queueIDMacros, stageEOM: queueIDMacros, stageEOH: queueIDMacros,
 }
 
+// defaultMacroWire is defaultMacroLists as the answer writes them, made
+// once: every session open uses it.
+var defaultMacroWire = func() (w [numMacroStages]string) {
+	for s, names := range defaultMacroLists {
+		w[s] = strings.Join(names, " ")
+	}
+	return w
+}()
+
 // macroList is one macro list of the negotiation answer.
 type macroList struct {
 	stage macroStage // possibly one mfdef.h does not name
@@ -187,9 +196,7 @@ func parseOptneg(data []byte) (optnegAnswer, error) {
 // go-milter keeps), the default for the others; Postfix and Sendmail
 // replace only the stages a milter asks for. asked tells which is which.
 func (a optnegAnswer) perStage() (lists [numMacroStages]string, asked [numMacroStages]bool) {
-	for s, names := range defaultMacroLists {
-		lists[s] = strings.Join(names, " ")
-	}
+	lists = defaultMacroWire
 	for _, l := range a.lists {
 		if l.stage < numMacroStages {
 			lists[l.stage], asked[l.stage] = l.names, true
