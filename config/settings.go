@@ -267,7 +267,7 @@ func (s *Settings) GatewayConfig(milters []milter.Config, log *zap.Logger) gatew
 	action, _ := gateway.ParseAction(s.DefaultAction) // checked in MilterConfigs
 	var pools []*milter.Pool
 	for _, c := range milters {
-		pools = append(pools, milter.NewPool(c))
+		pools = append(pools, milter.NewPool(c, log))
 	}
 	return gateway.Config{
 		Milters:         pools,

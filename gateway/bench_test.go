@@ -162,7 +162,7 @@ func startBenchSmtpd(b *testing.B, spec string) *benchSmtpd {
 	enc := zap.NewProductionEncoderConfig()
 	enc.TimeKey = ""
 	logger := zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.AddSync(io.Discard), zapcore.InfoLevel))
-	g := New(Config{Milters: []*milter.Pool{milter.NewPool(c)}, DefaultAction: Tempfail, Log: logger})
+	g := New(Config{Milters: []*milter.Pool{milter.NewPool(c, logger)}, DefaultAction: Tempfail, Log: logger})
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
 	done := make(chan error, 1)

@@ -342,7 +342,7 @@ func runConversation(t *testing.T, data []byte) {
 	}
 	action := Action(cfgByte % 3)
 	g := New(Config{
-		Milters: []*milter.Pool{milter.NewPool(mc)}, DefaultAction: action, Log: zap.NewNop(),
+		Milters: []*milter.Pool{milter.NewPool(mc, nil)}, DefaultAction: action, Log: zap.NewNop(),
 		ShutdownTimeout: 2 * time.Second, BufferLimit: 4096, MemoryBudget: 1 << 20, TempDir: t.TempDir(),
 	})
 	inR, inW := io.Pipe()

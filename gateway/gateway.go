@@ -86,7 +86,6 @@ func New(cfg Config) *Gateway {
 	if cfg.Policy.Envelope == "" {
 		cfg.Policy.Envelope = DefaultPolicy.Envelope
 	}
-	milter.SetLogger(cfg.Log)
 	if cfg.BufferLimit <= 0 {
 		cfg.BufferLimit = 1 << 20
 	}

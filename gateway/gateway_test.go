@@ -44,7 +44,7 @@ func startGatewayWith(t *testing.T, action Action, opts milter.Options, log *zap
 		if err != nil {
 			t.Fatal(err)
 		}
-		clients = append(clients, milter.NewPool(c))
+		clients = append(clients, milter.NewPool(c, log))
 	}
 	g := New(Config{Milters: clients, DefaultAction: action, Log: log})
 	inR, inW := io.Pipe()

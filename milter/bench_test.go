@@ -54,7 +54,7 @@ func benchOpen(b *testing.B, spec string, macros *milter.Macros) *milter.Session
 	if err != nil {
 		b.Fatal(err)
 	}
-	s, err := milter.NewClient(spec, sp, milter.DefaultOptions).Open(macros)
+	s, err := milter.NewClient(spec, sp, milter.DefaultOptions, nil).Open(macros)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -9,13 +9,12 @@ import (
 	"io"
 	"net"
 	"os"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
 
-	djmilter "github.com/d--j/go-milter"
+	"go.uber.org/zap"
 )
 
 // ErrPacketTooLarge is returned when a milter announces a packet longer than
@@ -50,6 +49,15 @@ var ErrPacketTooLarge = errors.New("milter packet length out of range")
 //     SMFIR_REPLBODY packets itself and writes their payload to the
 //     caller's writer, so a body of any size is never held in memory;
 //     go-milter never sees them.
+//   - What go-milter would only warn about through its process-wide hook
+//     (LogWarning), conn settles and logs in the session's log: macro
+//     lists in the negotiation answer it cannot use (completeSymlists)
+//     and DISCARD in answer to CONNECT or HELO (phaseGreeting).
+//
+// Two of these patch go-milter's traffic at the byte level, and
+// TestGoMilterWritePattern pins the write pattern each relies on:
+// skipEmptyBody (an empty BODY is one Write of emptyBody) and writeHeader
+// (a header packet is what HeaderField writes).
 //
 // On TCP it also re-arms TCP_QUICKACK before each read: libmilter writes each
 // end-of-message modification as its own small packet, and without quick
@@ -67,7 +75,7 @@ type conn struct {
 	sock                  syscall.RawConn // any socket, to peek at it (quiet); nil when not a socket
 
 	phase   readPhase
-	actions djmilter.OptAction // negotiated: the modifications the milter may send
+	actions uint32 // SMFIF_*, negotiated: the modifications the milter may send
 	eom     endOfMessage
 	chunk   []byte // the buffer replacement body packets are copied through
 
@@ -87,9 +95,11 @@ type conn struct {
 	fakeReply        bool
 	fake             []byte
 
-	// defaults are the macro lists per stage; set until negotiation has
-	// been read (see completeSymlists).
-	defaults [][]string
+	// negotiating is set until the negotiation answer has been read (see
+	// completeSymlists).
+	negotiating bool
+
+	log *zap.Logger // the problems conn corrects in what the milter sent
 }
 
 var emptyBody = []byte{0, 0, 0, 1, 'B'}
@@ -97,8 +107,8 @@ var emptyBody = []byte{0, 0, 0, 1, 'B'}
 // skipEmptyBody arms the swallowing of the next empty BODY packet.
 func (c *conn) skipEmptyBody(on, reply bool) { c.swallowEmptyBody, c.fakeReply = on, reply }
 
-func newConn(c net.Conn, timeout time.Duration, maxPacket uint32) *conn {
-	mc := &conn{Conn: c, maxPacket: maxPacket}
+func newConn(c net.Conn, timeout time.Duration, maxPacket uint32, log *zap.Logger) *conn {
+	mc := &conn{Conn: c, maxPacket: maxPacket, negotiating: true, log: log}
 	mc.r = bufio.NewReaderSize(readerFunc(mc.readRaw), 4<<10)
 	mc.w = bufio.NewWriterSize(c, 4<<10) // body chunks bigger than this go straight to the socket
 	mc.timeout.Store(int64(timeout))
@@ -311,7 +321,7 @@ func (c *conn) read(p []byte) (int, error) {
 	if err := c.flush(); err != nil {
 		return 0, err
 	}
-	if c.defaults != nil && c.remaining == 0 {
+	if c.negotiating && c.remaining == 0 {
 		if err := c.completeSymlists(); err != nil {
 			return 0, err
 		}
@@ -364,6 +374,16 @@ func (c *conn) nextPacket() error {
 			// Sendmail calls it a "bogus response" too; Postfix accepts
 			// it anywhere, which lets a milter hold a session forever.
 			return fmt.Errorf("%w: PROGRESS in answer to a command other than end of message (libmilter's smfi_progress is only allowed in xxfi_eom)", ErrProtocol)
+		case code == replyDiscard && c.phase == phaseGreeting:
+			// go-milter takes it for CONTINUE, as libmilter's MTA
+			// side does, and says so through its process-wide warning
+			// hook; conn does the same here, in this session's log.
+			if _, err := c.r.Discard(int(4 + n)); err != nil {
+				return err
+			}
+			c.log.Warn("milter answered DISCARD to CONNECT or HELO, where there is no message to discard; taken as CONTINUE")
+			c.fake = append(c.fake, 0, 0, 0, 1, replyContinue)
+			return nil
 		case isVerdict(code) || code == replyProgress:
 		case c.phase == phaseEndOfMessage && modifications[code].name != "":
 			streamed, err := c.modification(code, n-1)
@@ -526,50 +546,43 @@ func (c *conn) Close() error {
 	return cerr
 }
 
-// completeSymlists reads the milter's negotiation reply and, when it asks
-// for its own macro lists for some stages, adds the default lists for the
-// stages it did not name before go-milter sees the reply. Postfix and
-// Sendmail replace only the stages a milter asks for; go-milter would
-// leave every other stage without macros.
+// completeSymlists reads the milter's negotiation answer (parseOptneg)
+// and hands go-milter, in its place, the same answer with a macro list
+// for every stage: the milter's own for the stages it named, the default
+// for the others. Postfix and Sendmail replace only the stages a milter
+// asks for; go-milter would leave every other stage without macros. What
+// of the milter's lists is ignored is logged here, each as an escaped
+// field, so go-milter, which would write the milter's bytes into its own
+// warning through a process-wide hook, finds nothing to warn about.
 func (c *conn) completeSymlists() error {
-	defaults := c.defaults
-	c.defaults = nil
+	c.negotiating = false
 	hdr, err := c.r.Peek(4)
 	if err != nil {
 		return err
 	}
 	n := binary.BigEndian.Uint32(hdr)
-	if n <= 13 || n > c.maxPacket {
-		return nil // no symlists, or a bad length that Read refuses at once
+	if n == 0 || n > c.maxPacket {
+		return nil // a bad length, which Read refuses at once
 	}
 	if hdr, err = c.r.Peek(5); err != nil {
 		return err
 	}
-	if hdr[4] != 'O' {
-		return nil // not a negotiation reply: left to go-milter
+	if hdr[4] != replyOptneg {
+		return nil // not a negotiation answer: go-milter refuses it
 	}
 	pkt := make([]byte, 4+n)
 	if _, err := io.ReadFull(c.r, pkt); err != nil {
 		return err
 	}
-	asked := map[uint32]bool{}
-	for rest := pkt[17:]; len(rest) >= 5; {
-		stage := binary.BigEndian.Uint32(rest)
-		end := bytes.IndexByte(rest[4:], 0)
-		if end < 0 {
-			break
-		}
-		asked[stage] = true
-		rest = rest[4+end+1:]
+	answer, err := parseOptneg(pkt[5:])
+	if err != nil {
+		c.fake = append(c.fake, pkt...) // too short: go-milter refuses it
+		return nil
 	}
-	for stage, names := range defaults {
-		if asked[uint32(stage)] || len(names) == 0 {
-			continue
-		}
-		pkt = binary.BigEndian.AppendUint32(pkt, uint32(stage))
-		pkt = append(append(pkt, strings.Join(names, " ")...), 0)
+	for _, p := range answer.problems() {
+		c.log.Warn("milter negotiation", zap.String("problem", p))
 	}
-	binary.BigEndian.PutUint32(pkt, uint32(len(pkt)-4))
-	c.fake = append(c.fake, pkt...)
+	lists, _ := answer.perStage()
+	c.fake = append(c.fake, answer.encode(lists)...)
 	return nil
 }

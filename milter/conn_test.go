@@ -4,12 +4,17 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	djmilter "github.com/d--j/go-milter"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // recordingConn is a scripted milter (see scriptConn) that also keeps
@@ -66,12 +71,12 @@ func TestPatchCompleteSymlists(t *testing.T) {
 	macros.Set(MacroMTAName, "mx.test.example")
 	macros.Set(MacroDaemonName, "smtpd")
 	macros.Set(MacroQueueID, "Q1")
-	s, err := NewClient("pin", Spec{Network: "unix", Address: "pin"}, DefaultOptions).openOn(nc, macros)
+	s, err := NewClient("pin", Spec{Network: "unix", Address: "pin"}, DefaultOptions, nil).openOn(nc, macros)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.conn.defaults != nil || len(s.conn.fake) != 0 {
-		t.Fatalf("go-milter did not read the rewritten negotiation reply through conn (defaults %v, %d fake bytes left)", s.conn.defaults, len(s.conn.fake))
+	if s.conn.negotiating || len(s.conn.fake) != 0 {
+		t.Fatalf("go-milter did not read the rewritten negotiation reply through conn (still negotiating %v, %d fake bytes left)", s.conn.negotiating, len(s.conn.fake))
 	}
 	for _, step := range []func() (Verdict, error){
 		func() (Verdict, error) { return s.Connect("h", FamilyInet, 1, "192.0.2.1") },
@@ -123,7 +128,7 @@ func TestPatchSwallowedEmptyBody(t *testing.T) {
 			}
 			script = append(script, packet('y', []byte("550 5.7.1 pinned\x00")...)...)
 			nc := &recordingConn{scriptConn: scriptConn{r: bytes.NewReader(script)}}
-			s, err := NewClient("pin", Spec{Network: "unix", Address: "pin"}, DefaultOptions).openOn(nc, nil)
+			s, err := NewClient("pin", Spec{Network: "unix", Address: "pin"}, DefaultOptions, nil).openOn(nc, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -190,7 +195,7 @@ func TestQuietSeesTheSocket(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer server.Close()
-			c := newConn(client, time.Second, 1<<20)
+			c := newConn(client, time.Second, 1<<20, zap.NewNop())
 			c.phase = phaseReply
 			if err := c.quiet(); err != nil {
 				t.Fatalf("quiet on a silent socket: %v", err)
@@ -214,5 +219,142 @@ func TestQuietSeesTheSocket(t *testing.T) {
 				t.Fatalf("quiet = %v with %d bytes buffered, want a protocol error over all 13", err, c.r.Buffered())
 			}
 		})
+	}
+}
+
+// TestGoMilterHasNothingToWarnAbout: what go-milter would warn about
+// through its process-wide hook (LogWarning, which writes the milter's
+// bytes raw through the standard logger) conn corrects first and logs in
+// the session's own log, the milter's bytes as an escaped field: macro
+// lists for an unknown stage, twice for one stage, or not NUL-terminated,
+// and DISCARD in answer to CONNECT or HELO (taken as CONTINUE, as
+// go-milter does). It fails if go-milter is ever handed one of them.
+func TestGoMilterHasNothingToWarnAbout(t *testing.T) {
+	var warned []string
+	saved := djmilter.LogWarning
+	djmilter.LogWarning = func(format string, v ...any) { warned = append(warned, fmt.Sprintf(format, v...)) }
+	t.Cleanup(func() { djmilter.LogWarning = saved })
+
+	const forged = "Dec  7 01:00:00 mx smtpd[1]: forged"
+	var lists []byte
+	for _, l := range []struct {
+		stage uint32
+		names string
+	}{{0, "{j}\x00"}, {9, "{x}\x00"}, {0, "{daemon_name}\x00"}, {1, "{j}\n" + forged}} {
+		lists = binary.BigEndian.AppendUint32(lists, l.stage)
+		lists = append(lists, l.names...)
+	}
+	script := optnegReply(0x1ff, 0, lists)
+	script = append(script, packet('d')...) // CONNECT
+	script = append(script, packet('d')...) // HELO
+	nc := &recordingConn{scriptConn: scriptConn{r: bytes.NewReader(script)}}
+	var out bytes.Buffer
+	log := zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()), zapcore.AddSync(&out), zap.DebugLevel))
+	macros := NewMacros()
+	macros.Set(MacroMTAName, "mx.test.example")
+	macros.Set(MacroDaemonName, "smtpd")
+	s, err := NewClient("pin", Spec{Network: "unix", Address: "pin"}, DefaultOptions, log).openOn(nc, macros)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []func() (Verdict, error){
+		func() (Verdict, error) { return s.Connect("h", FamilyInet, 1, "192.0.2.1") },
+		func() (Verdict, error) { return s.Helo("h") },
+	} {
+		if v, err := v(); err != nil || v.Kind != Continue {
+			t.Fatalf("DISCARD at CONNECT or HELO = %v, %v; want continue", v, err)
+		}
+	}
+	if len(warned) > 0 {
+		t.Errorf("go-milter warned through its global hook: %q", warned)
+	}
+	var macroPackets []string
+	for _, p := range packets(t, nc.written.Bytes()) {
+		if p[0] == 'D' {
+			macroPackets = append(macroPackets, string(p[1:]))
+		}
+	}
+	if len(macroPackets) == 0 || macroPackets[0] != "C{daemon_name}\x00smtpd\x00" {
+		t.Errorf("macro packets %q: want the milter's last connect list first", macroPackets)
+	}
+	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
+	wantLogs := []string{"unknown stage 9", "a second macro list for stage connect", "not NUL-terminated, ignored with the rest of the answer", "DISCARD", "DISCARD"}
+	if len(lines) != len(wantLogs) {
+		t.Fatalf("log lines %q, want %d", lines, len(wantLogs))
+	}
+	for i, w := range wantLogs {
+		if !strings.Contains(lines[i], w) || !strings.Contains(lines[i], `"milter": "pin"`) {
+			t.Errorf("log line %q: want %q and the milter's name", lines[i], w)
+		}
+	}
+}
+
+// writeLog is a scripted milter that keeps each Write call apart.
+type writeLog struct {
+	scriptConn
+	writes [][]byte
+}
+
+func (c *writeLog) Write(p []byte) (int, error) {
+	c.writes = append(c.writes, bytes.Clone(p))
+	return len(p), nil
+}
+
+// TestGoMilterWritePattern pins, on go-milter's own client with nothing
+// of conn in between, the two ways conn's byte-level patches depend on
+// how go-milter writes:
+//
+//   - skipEmptyBody recognises an empty SMFIC_BODY as one Write of
+//     exactly emptyBody; if go-milter wrote it in pieces, or with a
+//     payload, the empty BODY would reach the milter (opendkim drops the
+//     connection on one).
+//   - writeHeader writes SMFIC_HEADER packets itself for a milter that
+//     negotiated SMFIP_NR_HDR; its bytes must be those of go-milter's
+//     HeaderField, value trimming included, or the two paths would send
+//     different headers.
+//
+// If this test fails after an update of go-milter, the patch it names
+// must change with it.
+func TestGoMilterWritePattern(t *testing.T) {
+	noReplies := protoNoConnectReply | protoNoHeloReply | protoNoMailReply | protoNoRcptReply |
+		protoNoDataReply | protoNoHeaderReply | protoNoEOHReply | protoNoBodyReply
+	nc := &writeLog{scriptConn: scriptConn{r: bytes.NewReader(optnegReply(0x1ff, noReplies))}}
+	c := NewClient("pin", Spec{Network: "unix", Address: "pin"}, DefaultOptions, nil)
+	opts := append(c.djOptions[:len(c.djOptions):len(c.djOptions)], djmilter.WithDialer(connDialer{nc}))
+	dj, err := djmilter.NewClient("unix", "pin", opts...).Session(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []func() (*djmilter.Action, error){
+		func() (*djmilter.Action, error) { return dj.Conn("h", djmilter.FamilyInet, 1, "192.0.2.1") },
+		func() (*djmilter.Action, error) { return dj.Helo("h") },
+		func() (*djmilter.Action, error) { return dj.Mail("a@b", "") },
+		func() (*djmilter.Action, error) { return dj.Rcpt("c@d", "") },
+		dj.DataStart,
+	} {
+		if _, err := step(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, h := range [][2]string{{"Subject", "x"}, {"X-Folded", "a\n\tb\r\n"}, {"X-CR", "v\r"}, {"X-Only-CRLF", "\r\n"}, {"X-Empty", ""}} {
+		nc.writes = nil
+		if _, err := dj.HeaderField(h[0], h[1], nil); err != nil {
+			t.Fatal(err)
+		}
+		value := trimLastLineBreak([]byte(h[1]))
+		want := appendHeader(nil, 1+len(h[0])+1+len(value)+1, []byte(h[0]), value)
+		if got := bytes.Join(nc.writes, nil); !bytes.Equal(got, want) {
+			t.Errorf("go-milter's HeaderField(%q, %q) wrote %q; writeHeader writes %q", h[0], h[1], got, want)
+		}
+	}
+	if _, err := dj.HeaderEnd(); err != nil {
+		t.Fatal(err)
+	}
+	nc.writes = nil
+	if _, err := dj.BodyChunk(nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(nc.writes) != 1 || !bytes.Equal(nc.writes[0], emptyBody) {
+		t.Errorf("go-milter wrote an empty body as %q; skipEmptyBody drops one Write of exactly %q", nc.writes, emptyBody)
 	}
 }

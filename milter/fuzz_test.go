@@ -67,7 +67,7 @@ func FuzzReplies(f *testing.F) {
 		script := append(packet('O', optneg...), replies...)
 		opts := DefaultOptions
 		opts.MaxPacket = 1 << 16
-		c := NewClient("fuzz", Spec{Network: "unix", Address: "fuzz"}, opts)
+		c := NewClient("fuzz", Spec{Network: "unix", Address: "fuzz"}, opts, nil)
 		s, err := c.openOn(&scriptConn{r: bytes.NewReader(script)}, NewMacros())
 		if err != nil {
 			return

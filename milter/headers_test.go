@@ -36,11 +36,7 @@ func yieldFields(fields [][2]string) func(func([]byte, []byte) bool) {
 	}
 }
 
-const (
-	protoNoHeaderReply = 0x80  // SMFIP_NR_HDR
-	protoSkip          = 0x400 // SMFIP_SKIP
-	protoLeadingSpace  = 0x100000
-)
+const protoLeadingSpace = protoHeaderLeadSpc
 
 // wholeMessage runs a transaction whose header goes through Headers
 // against a scripted milter that negotiated protocol and answers with
@@ -57,7 +53,7 @@ func wholeMessage(t *testing.T, protocol uint32, headerReplies [][]byte, fields 
 	script = append(script, packet('c')...) // EOH
 	script = append(script, packet('a')...) // end of message
 	nc := &recordingConn{scriptConn: scriptConn{r: bytes.NewReader(script)}}
-	s, err := NewClient("headers", Spec{Network: "unix", Address: "headers"}, DefaultOptions).openOn(nc, nil)
+	s, err := NewClient("headers", Spec{Network: "unix", Address: "headers"}, DefaultOptions, nil).openOn(nc, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,8 +12,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	djmilter "github.com/d--j/go-milter"
 )
 
 // This file is for the postmaster's tools (filter-milter check) and for
@@ -26,21 +24,8 @@ import (
 // st_optionneg) and then quits, checking the reply exactly as
 // go-milter's ClientSession does when the gateway opens a session.
 
-// Wire constants of the negotiation (mfdef.h).
-const (
-	codeOptNeg = 'O'
-	codeQuit   = 'Q'
-	// smfiInternal are the SMFIP_MDS_* bits and bit 30, which only libmilter
-	// and the MTA exchange; go-milter masks them before it checks the reply.
-	smfiInternal = 0x70000000
-)
-
-// Masks are the three numbers of one side of the negotiation.
-type Masks struct {
-	Version  uint32
-	Actions  uint32 // SMFIF_*
-	Protocol uint32 // SMFIP_*
-}
+// codeQuit is SMFIC_QUIT.
+const codeQuit = 'Q'
 
 // StageMacros is one macro list a milter asked for in negotiation
 // (SMFIF_SETSYMLIST), or one the gateway sends by default.
@@ -62,24 +47,7 @@ type Negotiation struct {
 
 // Offer is what the client offers in negotiation: the same numbers
 // NewClient gives go-milter.
-func (c *Client) Offer() Masks {
-	version := c.opts.Version
-	if version == 0 {
-		version = djmilter.MaxClientProtocolVersion
-	}
-	m := Masks{Version: version, Actions: uint32(offeredActions), Protocol: 0x1FFFFF} // SMFI_CURR_PROT
-	if version < 6 {
-		m.Actions &= uint32(djmilter.OptAddHeader | djmilter.OptChangeBody | djmilter.OptAddRcpt | djmilter.OptRemoveRcpt | djmilter.OptChangeHeader | djmilter.OptQuarantine)
-		m.Protocol = uint32(djmilter.OptNoConnect | djmilter.OptNoHelo | djmilter.OptNoMailFrom | djmilter.OptNoRcptTo | djmilter.OptNoBody | djmilter.OptNoHeaders | djmilter.OptNoEOH)
-		if version >= 3 {
-			m.Protocol |= uint32(djmilter.OptNoUnknown)
-		}
-		if version >= 4 {
-			m.Protocol |= uint32(djmilter.OptNoData)
-		}
-	}
-	return m
-}
+func (c *Client) Offer() Masks { return offer(c.opts.Version) }
 
 // NegotiationError is why Negotiate failed; Kind is one of the Kind*
 // constants.
@@ -116,7 +84,7 @@ func (c *Client) Negotiate() (*Negotiation, error) {
 
 	pkt := make([]byte, 4+1+12)
 	binary.BigEndian.PutUint32(pkt, 13)
-	pkt[4] = codeOptNeg
+	pkt[4] = replyOptneg
 	binary.BigEndian.PutUint32(pkt[5:], n.Offered.Version)
 	binary.BigEndian.PutUint32(pkt[9:], n.Offered.Actions)
 	binary.BigEndian.PutUint32(pkt[13:], n.Offered.Protocol)
@@ -129,7 +97,7 @@ func (c *Client) Negotiate() (*Negotiation, error) {
 		return nil, err
 	}
 	n.RoundTrip = time.Since(sent)
-	if code != codeOptNeg {
+	if code != replyOptneg {
 		return nil, &NegotiationError{Kind: KindProtocol, Err: fmt.Errorf("answered the negotiation with packet %q instead of 'O'", code)}
 	}
 	if err := n.parseReply(data); err != nil {
@@ -193,28 +161,20 @@ func readNegotiation(nc net.Conn, maxPacket uint32) (byte, []byte, error) {
 	return buf[0], buf[1:], nil
 }
 
+// parseReply reads the answer with the gateway's one reader of it
+// (parseOptneg). A list that is not NUL-terminated, which a session logs
+// and ignores, is an error here: check is where the postmaster sees it.
 func (n *Negotiation) parseReply(data []byte) error {
-	if len(data) < 12 {
-		return &NegotiationError{Kind: KindProtocol, Err: fmt.Errorf("negotiation answer of %d bytes, want at least 12", len(data))}
+	a, err := parseOptneg(data)
+	if err != nil {
+		return &NegotiationError{Kind: KindProtocol, Err: err}
 	}
-	n.Reply = Masks{
-		Version:  binary.BigEndian.Uint32(data),
-		Actions:  binary.BigEndian.Uint32(data[4:]),
-		Protocol: binary.BigEndian.Uint32(data[8:]),
+	n.Reply = a.Masks
+	for _, l := range a.lists {
+		n.Requested = append(n.Requested, StageMacros{Stage: l.stage.String(), Macros: strings.Fields(l.names)})
 	}
-	rest := data[12:]
-	if len(data) <= 16 { // go-milter reads lists only from a longer answer
-		return nil
-	}
-	for len(rest) > 4 {
-		stage := binary.BigEndian.Uint32(rest)
-		rest = rest[4:]
-		end := bytes.IndexByte(rest, 0)
-		if end < 0 {
-			return &NegotiationError{Kind: KindProtocol, Err: fmt.Errorf("macro list for stage %d is not NUL-terminated", stage)}
-		}
-		n.Requested = append(n.Requested, StageMacros{Stage: macroStageName(stage), Macros: strings.Fields(string(rest[:end]))})
-		rest = rest[end+1:]
+	if a.malformed != nil {
+		return &NegotiationError{Kind: KindProtocol, Err: fmt.Errorf("a macro list is not NUL-terminated: %s", quoteSome(a.malformed))}
 	}
 	return nil
 }
@@ -229,20 +189,11 @@ func (n *Negotiation) compatible() error {
 	case r.Actions&^o.Actions != 0:
 		return &NegotiationError{Kind: KindRejected, Err: fmt.Errorf("the milter asks for actions that are not offered: %s",
 			strings.Join(ActionNames(r.Actions&^o.Actions), " "))}
-	case (r.Protocol&^smfiInternal)&^o.Protocol != 0:
+	case (r.Protocol&^protoInternal)&^o.Protocol != 0:
 		return &NegotiationError{Kind: KindRejected, Err: fmt.Errorf("the milter asks for protocol flags that are not offered: %s",
-			strings.Join(ProtocolNames((r.Protocol&^smfiInternal)&^o.Protocol), " "))}
+			strings.Join(ProtocolNames((r.Protocol&^protoInternal)&^o.Protocol), " "))}
 	}
 	return nil
-}
-
-var macroStages = []string{"connect", "helo", "mail", "rcpt", "data", "eom", "eoh"} // SMFIM_*
-
-func macroStageName(n uint32) string {
-	if int(n) < len(macroStages) {
-		return macroStages[n]
-	}
-	return fmt.Sprintf("stage%d", n)
 }
 
 // Macros are the lists the gateway sends this milter at each stage: the
@@ -266,11 +217,11 @@ func (n *Negotiation) Macros() []StageMacros {
 // DefaultMacros are the macro lists the gateway sends unless a milter asks
 // for its own.
 func DefaultMacros() []StageMacros {
-	return []StageMacros{
-		{Stage: "connect", Macros: connectMacros}, {Stage: "helo", Macros: heloMacros}, {Stage: "mail", Macros: mailMacros},
-		{Stage: "rcpt", Macros: rcptMacros}, {Stage: "data", Macros: queueIDMacros}, {Stage: "eoh", Macros: queueIDMacros},
-		{Stage: "eom", Macros: queueIDMacros},
+	var out []StageMacros
+	for _, s := range []macroStage{stageConnect, stageHelo, stageMail, stageRcpt, stageData, stageEOH, stageEOM} {
+		out = append(out, StageMacros{Stage: s.String(), Macros: defaultMacroLists[s]})
 	}
+	return out
 }
 
 type flagName struct {
@@ -279,16 +230,19 @@ type flagName struct {
 }
 
 var actionNames = []flagName{
-	{0x001, "ADDHDRS"}, {0x002, "CHGBODY"}, {0x004, "ADDRCPT"}, {0x008, "DELRCPT"}, {0x010, "CHGHDRS"},
-	{0x020, "QUARANTINE"}, {0x040, "CHGFROM"}, {0x080, "ADDRCPT_PAR"}, {0x100, "SETSYMLIST"},
+	{actAddHeaders, "ADDHDRS"}, {actChangeBody, "CHGBODY"}, {actAddRcpt, "ADDRCPT"}, {actDelRcpt, "DELRCPT"},
+	{actChangeHeader, "CHGHDRS"}, {actQuarantine, "QUARANTINE"}, {actChangeFrom, "CHGFROM"},
+	{actAddRcptPar, "ADDRCPT_PAR"}, {actSetSymlist, "SETSYMLIST"},
 }
 
 var protocolNames = []flagName{
-	{0x1, "NOCONNECT"}, {0x2, "NOHELO"}, {0x4, "NOMAIL"}, {0x8, "NORCPT"}, {0x10, "NOBODY"}, {0x20, "NOHDRS"},
-	{0x40, "NOEOH"}, {0x80, "NR_HDR"}, {0x100, "NOUNKNOWN"}, {0x200, "NODATA"}, {0x400, "SKIP"}, {0x800, "RCPT_REJ"},
-	{0x1000, "NR_CONN"}, {0x2000, "NR_HELO"}, {0x4000, "NR_MAIL"}, {0x8000, "NR_RCPT"}, {0x10000, "NR_DATA"},
-	{0x20000, "NR_UNKN"}, {0x40000, "NR_EOH"}, {0x80000, "NR_BODY"}, {0x100000, "HDR_LEADSPC"},
-	{0x10000000, "MDS_256K"}, {0x20000000, "MDS_1M"},
+	{protoNoConnect, "NOCONNECT"}, {protoNoHelo, "NOHELO"}, {protoNoMail, "NOMAIL"}, {protoNoRcpt, "NORCPT"},
+	{protoNoBody, "NOBODY"}, {protoNoHeaders, "NOHDRS"}, {protoNoEOH, "NOEOH"}, {protoNoHeaderReply, "NR_HDR"},
+	{protoNoUnknown, "NOUNKNOWN"}, {protoNoData, "NODATA"}, {protoSkip, "SKIP"}, {protoRcptRej, "RCPT_REJ"},
+	{protoNoConnectReply, "NR_CONN"}, {protoNoHeloReply, "NR_HELO"}, {protoNoMailReply, "NR_MAIL"},
+	{protoNoRcptReply, "NR_RCPT"}, {protoNoDataReply, "NR_DATA"}, {protoNoUnknownReply, "NR_UNKN"},
+	{protoNoEOHReply, "NR_EOH"}, {protoNoBodyReply, "NR_BODY"}, {protoHeaderLeadSpc, "HDR_LEADSPC"},
+	{protoMaxData256K, "MDS_256K"}, {protoMaxData1M, "MDS_1M"},
 }
 
 func names(mask uint32, table []flagName) []string {
@@ -316,12 +270,14 @@ func ProtocolNames(mask uint32) []string { return names(mask, protocolNames) }
 
 var (
 	skipFlags = []flagName{
-		{0x1, "connect"}, {0x2, "helo"}, {0x4, "mail"}, {0x8, "rcpt"}, {0x200, "data"}, {0x20, "header"},
-		{0x40, "eoh"}, {0x10, "body"}, {0x100, "unknown"},
+		{protoNoConnect, "connect"}, {protoNoHelo, "helo"}, {protoNoMail, "mail"}, {protoNoRcpt, "rcpt"},
+		{protoNoData, "data"}, {protoNoHeaders, "header"}, {protoNoEOH, "eoh"}, {protoNoBody, "body"},
+		{protoNoUnknown, "unknown"},
 	}
 	noReplyFlags = []flagName{
-		{0x1000, "connect"}, {0x2000, "helo"}, {0x4000, "mail"}, {0x8000, "rcpt"}, {0x10000, "data"}, {0x80, "header"},
-		{0x40000, "eoh"}, {0x80000, "body"}, {0x20000, "unknown"},
+		{protoNoConnectReply, "connect"}, {protoNoHeloReply, "helo"}, {protoNoMailReply, "mail"},
+		{protoNoRcptReply, "rcpt"}, {protoNoDataReply, "data"}, {protoNoHeaderReply, "header"},
+		{protoNoEOHReply, "eoh"}, {protoNoBodyReply, "body"}, {protoNoUnknownReply, "unknown"},
 	}
 )
 
@@ -331,16 +287,18 @@ var (
 func (n *Negotiation) SkippedStages() []string {
 	p := n.Reply.Protocol
 	if n.Reply.Version <= 2 {
-		p |= 0x100
+		p |= protoNoUnknown
 	}
 	if n.Reply.Version <= 3 {
-		p |= 0x200
+		p |= protoNoData
 	}
-	return names(p&0x37f, skipFlags)
+	return names(p&protoSkipStages, skipFlags)
 }
 
 // NoReplyStages are the stages the milter will not answer (SMFIP_NR_*).
-func (n *Negotiation) NoReplyStages() []string { return names(n.Reply.Protocol&0xff080, noReplyFlags) }
+func (n *Negotiation) NoReplyStages() []string {
+	return names(n.Reply.Protocol&protoNoReplyStages, noReplyFlags)
+}
 
 // ErrorKind classifies an error of a milter connection or session for
 // logs and metrics: KindTimeout, KindRefused, KindProtocol or KindOther.

@@ -45,7 +45,7 @@ func client(t *testing.T, spec string, opts milter.Options) *milter.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return milter.NewClient(spec, sp, opts)
+	return milter.NewClient(spec, sp, opts, nil)
 }
 
 // readOptneg reads the MTA's OPTNEG packet.

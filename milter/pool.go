@@ -13,6 +13,7 @@ import (
 // down and tried again after a backoff that doubles up to a minute.
 type Pool struct {
 	Config Config
+	log    *zap.Logger
 	mu     sync.Mutex
 	eps    []*endpoint
 	next   int
@@ -29,11 +30,16 @@ const (
 	maxBackoff = time.Minute
 )
 
-// NewPool prepares a pool; nothing is dialled until Open.
-func NewPool(c Config) *Pool {
-	p := &Pool{Config: c}
+// NewPool prepares a pool; nothing is dialled until Open. log gets the
+// pool's events (an endpoint marked down, up again) and its clients'
+// (see NewClient); nil means no log.
+func NewPool(c Config, log *zap.Logger) *Pool {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	p := &Pool{Config: c, log: log}
 	for _, spec := range c.Endpoints {
-		p.eps = append(p.eps, &endpoint{client: NewClient(spec.String(), spec, c.Options)})
+		p.eps = append(p.eps, &endpoint{client: NewClient(spec.String(), spec, c.Options, log)})
 	}
 	return p
 }
@@ -112,7 +118,7 @@ func (p *Pool) markDown(c *Client) {
 			ep.backoff = min(max(ep.backoff*2, minBackoff), maxBackoff)
 			ep.downUntil = time.Now().Add(ep.backoff)
 			if len(p.eps) > 1 {
-				log.Warn("milter endpoint marked down", zap.String("milter", p.Name()),
+				p.log.Warn("milter endpoint marked down", zap.String("milter", p.Name()),
 					zap.String("endpoint", c.Name), zap.Duration("retry_after", ep.backoff))
 			}
 		}
@@ -125,7 +131,7 @@ func (p *Pool) markUp(ep *endpoint) {
 	ep.backoff, ep.downUntil = 0, time.Time{}
 	p.mu.Unlock()
 	if was && len(p.eps) > 1 {
-		log.Info("milter endpoint up again", zap.String("milter", p.Name()), zap.String("endpoint", ep.client.Name))
+		p.log.Info("milter endpoint up again", zap.String("milter", p.Name()), zap.String("endpoint", ep.client.Name))
 	}
 }
 

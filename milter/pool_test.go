@@ -17,7 +17,7 @@ func TestPoolBackoff(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := NewPool(c)
+	p := NewPool(c, nil)
 	if _, err := p.Open(nil); err == nil {
 		t.Fatal("Open succeeded with no endpoint listening")
 	}

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"strconv"
-
-	djmilter "github.com/d--j/go-milter"
 )
 
 // This file is what conn checks in the milter's replies before go-milter
@@ -22,22 +20,31 @@ const (
 	phaseNegotiation readPhase = iota
 	// phaseReply: the one reply to a command other than end of message.
 	phaseReply
+	// phaseGreeting: the one reply to CONNECT or HELO, where DISCARD
+	// means nothing (there is no message yet).
+	phaseGreeting
 	// phaseEndOfMessage: modifications and PROGRESS, then one reply.
 	phaseEndOfMessage
 )
 
 // Reply codes (SMFIR_*, libmilter's mfdef.h).
 const (
-	replyProgress = 'p' // SMFIR_PROGRESS
-	replyBody     = 'b' // SMFIR_REPLBODY
+	replyContinue  = 'c' // SMFIR_CONTINUE
+	replyAccept    = 'a' // SMFIR_ACCEPT
+	replyDiscard   = 'd' // SMFIR_DISCARD
+	replyReject    = 'r' // SMFIR_REJECT
+	replyTempfail  = 't' // SMFIR_TEMPFAIL
+	replyReplyCode = 'y' // SMFIR_REPLYCODE
+	replySkip      = 's' // SMFIR_SKIP
+	replyProgress  = 'p' // SMFIR_PROGRESS
+	replyBody      = 'b' // SMFIR_REPLBODY
 )
 
-// isVerdict reports whether code is a reply that answers a command:
-// SMFIR_CONTINUE, ACCEPT, DISCARD, REJECT, TEMPFAIL, REPLYCODE, SKIP.
+// isVerdict reports whether code is a reply that answers a command.
 // (go-milter decides where SKIP is allowed.)
 func isVerdict(code byte) bool {
 	switch code {
-	case 'c', 'a', 'd', 'r', 't', 'y', 's':
+	case replyContinue, replyAccept, replyDiscard, replyReject, replyTempfail, replyReplyCode, replySkip:
 		return true
 	}
 	return false
@@ -48,21 +55,21 @@ func isVerdict(code byte) bool {
 // refuses a modification whose action was not negotiated the same way).
 type modification struct {
 	name, action string // for messages: SMFIR_ and SMFIF_ names
-	needs        djmilter.OptAction
-	header       bool // the payload is [index] name NUL value NUL
-	indexed      bool // the payload starts with a 4-byte index
+	needs        uint32 // SMFIF_*
+	header       bool   // the payload is [index] name NUL value NUL
+	indexed      bool   // the payload starts with a 4-byte index
 }
 
 var modifications = map[byte]modification{
-	'h': {"SMFIR_ADDHEADER", "SMFIF_ADDHDRS", djmilter.OptAddHeader, true, false},
-	'i': {"SMFIR_INSHEADER", "SMFIF_ADDHDRS", djmilter.OptAddHeader, true, true},
-	'm': {"SMFIR_CHGHEADER", "SMFIF_CHGHDRS", djmilter.OptChangeHeader, true, true},
-	'b': {"SMFIR_REPLBODY", "SMFIF_CHGBODY", djmilter.OptChangeBody, false, false},
-	'+': {"SMFIR_ADDRCPT", "SMFIF_ADDRCPT", djmilter.OptAddRcpt, false, false},
-	'2': {"SMFIR_ADDRCPT_PAR", "SMFIF_ADDRCPT_PAR", djmilter.OptAddRcptWithArgs, false, false},
-	'-': {"SMFIR_DELRCPT", "SMFIF_DELRCPT", djmilter.OptRemoveRcpt, false, false},
-	'e': {"SMFIR_CHGFROM", "SMFIF_CHGFROM", djmilter.OptChangeFrom, false, false},
-	'q': {"SMFIR_QUARANTINE", "SMFIF_QUARANTINE", djmilter.OptQuarantine, false, false},
+	'h':       {"SMFIR_ADDHEADER", "SMFIF_ADDHDRS", actAddHeaders, true, false},
+	'i':       {"SMFIR_INSHEADER", "SMFIF_ADDHDRS", actAddHeaders, true, true},
+	'm':       {"SMFIR_CHGHEADER", "SMFIF_CHGHDRS", actChangeHeader, true, true},
+	replyBody: {"SMFIR_REPLBODY", "SMFIF_CHGBODY", actChangeBody, false, false},
+	'+':       {"SMFIR_ADDRCPT", "SMFIF_ADDRCPT", actAddRcpt, false, false},
+	'2':       {"SMFIR_ADDRCPT_PAR", "SMFIF_ADDRCPT_PAR", actAddRcptPar, false, false},
+	'-':       {"SMFIR_DELRCPT", "SMFIF_DELRCPT", actDelRcpt, false, false},
+	'e':       {"SMFIR_CHGFROM", "SMFIF_CHGFROM", actChangeFrom, false, false},
+	'q':       {"SMFIR_QUARANTINE", "SMFIF_QUARANTINE", actQuarantine, false, false},
 }
 
 // checkPayload refuses what the gateway could not write to smtpd

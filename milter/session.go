@@ -1,208 +1,109 @@
 package milter
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"iter"
-	"net"
 	"strings"
 	"time"
 
 	djmilter "github.com/d--j/go-milter"
 )
 
-// Options configure one milter.
-type Options struct {
-	ConnectTimeout time.Duration // dial and negotiation
-	CommandTimeout time.Duration // CONNECT, HELO, MAIL, RCPT, DATA (Postfix: milter_command_timeout)
-	ContentTimeout time.Duration // HEADER, EOH, BODY, end of message (Postfix: milter_content_timeout)
-	MaxPacket      uint32        // the largest packet accepted from the milter
-	Version        uint32        // the highest protocol version offered (2 to 6; 0 means 6)
-	// EOMTimeout bounds the whole of end of message, from SMFIC_BODYEOB to
-	// the final reply, however many PROGRESS packets the milter sends
-	// (Sendmail's T=E; ContentTimeout still bounds each packet).
-	EOMTimeout time.Duration
-	// MaxModifications and MaxModificationBytes bound what one milter may
-	// ask for at one end of message: the number of modification packets
-	// and the bytes of their payloads (replacement body included). Over
-	// either is a protocol error: that milter's default action.
-	MaxModifications     int
-	MaxModificationBytes int64
-}
-
-// DefaultOptions are Postfix's defaults.
-var DefaultOptions = Options{
-	ConnectTimeout: 30 * time.Second,
-	CommandTimeout: 30 * time.Second,
-	ContentTimeout: 300 * time.Second,
-	MaxPacket:      64 << 20,
-	// Sendmail's T=E default is 5 minutes; a milter that keeps sending
-	// PROGRESS (a virus scanner on a large message) gets twice that.
-	EOMTimeout: 10 * time.Minute,
-	// opendkim sends one header, rspamd and spamass-milter a few dozen;
-	// a replacement body is about the size of the message (smtpd's
-	// default limit is 35 MB).
-	MaxModifications:     10000,
-	MaxModificationBytes: 64 << 20,
-}
-
-// Client opens milter sessions to one milter. It is safe for concurrent use.
-type Client struct {
-	Name      string // for logs: the spec as the postmaster wrote it
-	Spec      Spec
-	opts      Options
-	djOptions []djmilter.Option
-}
-
-// Offered is what the gateway offers in negotiation: version 6 and every
-// action and protocol flag, as Postfix and Sendmail do. Milters built on
-// libmilter abort negotiation when an action they require is missing
-// (clamav-milter and opendmarc need QUARANTINE), and rspamd claims six
-// actions and all no-reply flags whatever it is offered; what the
-// filter protocol cannot carry is decided by the gateway's policy instead.
-const (
-	offeredActions = djmilter.AllClientSupportedActionMasks
-)
-
-// NewClient prepares a client; nothing is dialled until Open.
-func NewClient(name string, spec Spec, opts Options) *Client {
-	if opts.MaxPacket == 0 {
-		opts.MaxPacket = DefaultOptions.MaxPacket
-	}
-	if opts.EOMTimeout == 0 {
-		opts.EOMTimeout = DefaultOptions.EOMTimeout
-	}
-	if opts.MaxModifications == 0 {
-		opts.MaxModifications = DefaultOptions.MaxModifications
-	}
-	if opts.MaxModificationBytes == 0 {
-		opts.MaxModificationBytes = DefaultOptions.MaxModificationBytes
-	}
-	version := opts.Version
-	if version == 0 {
-		version = djmilter.MaxClientProtocolVersion
-	}
-	actions := offeredActions
-	var protocol djmilter.OptProtocol // 0: go-milter offers every flag of version 6
-	if version < 6 {
-		// What versions 2 to 4 know (mfdef.h SMFI_V2_ACTS, SMFI_V2_PROT,
-		// NOUNKNOWN from 3, NODATA from 4).
-		actions &= djmilter.OptAddHeader | djmilter.OptChangeBody | djmilter.OptAddRcpt | djmilter.OptRemoveRcpt | djmilter.OptChangeHeader | djmilter.OptQuarantine
-		protocol = djmilter.OptNoConnect | djmilter.OptNoHelo | djmilter.OptNoMailFrom | djmilter.OptNoRcptTo | djmilter.OptNoBody | djmilter.OptNoHeaders | djmilter.OptNoEOH
-		if version >= 3 {
-			protocol |= djmilter.OptNoUnknown
-		}
-		if version >= 4 {
-			protocol |= djmilter.OptNoData
-		}
-	}
-	return &Client{Name: name, Spec: spec, opts: opts, djOptions: []djmilter.Option{
-		djmilter.WithMaximumVersion(version),
-		djmilter.WithProtocols(protocol),
-		djmilter.WithActions(actions),
-		// go-milter applies a deadline only when its timeout is not zero;
-		// conn replaces the value with the current stage's own timeout.
-		djmilter.WithReadTimeout(time.Hour),
-		djmilter.WithWriteTimeout(time.Hour),
-		djmilter.WithoutDefaultMacros(),
-		djmilter.WithMacroRequest(djmilter.StageConnect, connectMacros),
-		djmilter.WithMacroRequest(djmilter.StageHelo, heloMacros),
-		djmilter.WithMacroRequest(djmilter.StageMail, mailMacros),
-		djmilter.WithMacroRequest(djmilter.StageRcpt, rcptMacros),
-		djmilter.WithMacroRequest(djmilter.StageData, queueIDMacros),
-		djmilter.WithMacroRequest(djmilter.StageEOH, queueIDMacros),
-		djmilter.WithMacroRequest(djmilter.StageEOM, queueIDMacros),
-	}}
-}
-
-// connDialer hands go-milter the connection Open has already dialled, so
-// that Open keeps the *conn whose timeouts it sets per stage.
-type connDialer struct{ c net.Conn }
-
-func (d connDialer) Dial(string, string) (net.Conn, error) { return d.c, nil }
-
-// Session is one milter conversation, for one SMTP session. Its methods
-// are not safe for concurrent use; the gateway drives each SMTP session
-// from a single goroutine.
+// state is where a milter session is, as Postfix's milter8.c keeps one
+// state per milter (MILTER8_STAT_*): every command below says what it
+// does in each state, in one switch.
 //
 // After a final verdict (accept anywhere; reject, tempfail or discard
-// anywhere but RCPT) libmilter ignores further message events without
-// answering, so a client that keeps sending hangs until its timeout
-// (libmilter's engine.c: next_states and trans_ok send it back to the
-// HELO state). Session therefore remembers the
-// scope a verdict closed and answers later events of that scope itself,
-// without I/O.
+// anywhere but RCPT) libmilter ignores further events of that scope
+// without answering, so a client that kept sending would hang until its
+// timeout (libmilter's engine.c: next_states and trans_ok send it back to
+// the HELO state). The two "decided" states remember the scope a verdict
+// closed, and the commands answer its later events themselves, without
+// I/O.
+type state int
+
+const (
+	// stateReady: negotiated, no transaction open (MILTER8_STAT_READY).
+	// CONNECT, HELO and MAIL go out.
+	stateReady state = iota
+	// stateEnvelope: MAIL went out and no body chunk yet
+	// (MILTER8_STAT_ENVELOPE): RCPT, DATA, the header and end of headers
+	// go out; ABORT is owed when the transaction ends without end of
+	// message.
+	stateEnvelope
+	// stateBody: a body chunk went out (MILTER8_STAT_MESSAGE): more
+	// chunks and end of message go out; ABORT is owed as above.
+	stateBody
+	// stateMessageDecided: the milter decided the message
+	// (MILTER8_STAT_ACCEPT_MSG): its events are answered here; ABORT is
+	// still owed, and the next MAIL or HELO sends it.
+	stateMessageDecided
+	// stateConnectionDecided: the milter decided the connection at
+	// CONNECT or HELO (MILTER8_STAT_ACCEPT_CON, REJECT_CON): every event
+	// is answered here, and no ABORT is owed (no transaction was opened).
+	stateConnectionDecided
+	// stateFailed: an error broke the session (MILTER8_STAT_ERROR); err
+	// says which. The socket is closed.
+	stateFailed
+	// stateClosed: Close sent QUIT (MILTER8_STAT_CLOSED).
+	stateClosed
+)
+
+func (s state) String() string {
+	switch s {
+	case stateReady:
+		return "ready"
+	case stateEnvelope:
+		return "envelope"
+	case stateBody:
+		return "body"
+	case stateMessageDecided:
+		return "message decided"
+	case stateConnectionDecided:
+		return "connection decided"
+	case stateFailed:
+		return "failed"
+	case stateClosed:
+		return "closed"
+	}
+	return fmt.Sprintf("state(%d)", int(s))
+}
+
+// Session is one milter conversation, for one SMTP session. Its methods
+// are not safe for concurrent use (but Interrupt); the gateway drives
+// each SMTP session from a single goroutine.
 type Session struct {
 	c            *Client
 	dj           *djmilter.ClientSession
 	conn         *conn
 	leadingSpace bool
-	connDone     bool // accepted for the whole connection
-	msgDone      bool // done with this message until the next MAIL
-	txOpen       bool // MAIL sent and neither end of message nor ABORT since
-	bodySent     bool // a body chunk went out for this message
-	broken       error
+	state        state
+	err          error // why the session failed or closed; nil before
 }
 
-// Open dials the milter and negotiates. macros is read at each stage, so
-// values set later (the queue id after MAIL) still reach the milter.
-func (c *Client) Open(macros *Macros) (*Session, error) {
-	nc, err := (&net.Dialer{Timeout: c.opts.ConnectTimeout}).Dial(c.Spec.Network, c.Spec.Address)
-	if err != nil {
-		return nil, fmt.Errorf("milter %s: connect: %w", c.Name, err)
-	}
-	return c.openOn(nc, macros)
-}
-
-// openOn negotiates on a connection that is already open.
-func (c *Client) openOn(nc net.Conn, macros *Macros) (*Session, error) {
-	mc := newConn(nc, c.opts.ConnectTimeout, c.opts.MaxPacket)
-	mc.defaults = [][]string{connectMacros, heloMacros, mailMacros, rcptMacros, queueIDMacros, queueIDMacros, queueIDMacros}
-	var m djmilter.Macros
-	if macros != nil {
-		m = macros
-	}
-	opts := append(c.djOptions[:len(c.djOptions):len(c.djOptions)], djmilter.WithDialer(connDialer{mc}))
-	dj, err := djmilter.NewClient(c.Spec.Network, c.Spec.Address, opts...).Session(m)
-	if err != nil {
-		_ = mc.Close()
-		return nil, fmt.Errorf("milter %s: negotiate: %w", c.Name, err)
-	}
-	mc.phase = phaseReply
-	for bit := djmilter.OptAction(1); bit <= djmilter.OptSetMacros; bit <<= 1 {
-		if dj.ActionOption(bit) {
-			mc.actions |= bit
-		}
-	}
-	return &Session{
-		c:            c,
-		dj:           dj,
-		conn:         mc,
-		leadingSpace: dj.ProtocolOption(djmilter.OptHeaderLeadingSpace),
-	}, nil
-}
-
-// Family is the kind of address a client connected from.
-type Family byte
-
-const (
-	FamilyUnknown Family = Family(djmilter.FamilyUnknown)
-	FamilyUnix    Family = Family(djmilter.FamilyUnix)
-	FamilyInet    Family = Family(djmilter.FamilyInet)
-	FamilyInet6   Family = Family(djmilter.FamilyInet6)
-)
+var errClosed = errors.New("milter session closed")
 
 // LeadingSpace reports whether the milter negotiated SMFIP_HDR_LEADSPC.
 func (s *Session) LeadingSpace() bool { return s.leadingSpace }
 
 func (s *Session) String() string { return s.c.Name }
 
-// Err is the error that broke the session, or nil.
-func (s *Session) Err() error { return s.broken }
+// Err is the error that broke the session (errClosed after Close), or nil.
+func (s *Session) Err() error { return s.err }
 
 // Done reports whether the milter wants no more events for this message
-// (or, after accept at connect or HELO, for the whole connection).
-func (s *Session) Done() bool { return s.connDone || s.msgDone || s.broken != nil }
+// (or, after a verdict at connect or HELO, for the whole connection).
+func (s *Session) Done() bool {
+	switch s.state {
+	case stateReady, stateEnvelope, stateBody:
+		return false
+	case stateMessageDecided, stateConnectionDecided, stateFailed, stateClosed:
+		return true
+	}
+	panic("milter: impossible session state " + s.state.String())
+}
 
 // WantsMessage reports whether the milter wants to see headers or body.
 func (s *Session) WantsMessage() bool {
@@ -220,17 +121,18 @@ func (s *Session) CanChange() bool {
 	return s.dj.ActionOption(djmilter.OptAddHeader | djmilter.OptChangeHeader | djmilter.OptChangeBody | djmilter.OptQuarantine)
 }
 
-// call runs one go-milter command with the stage's timeout and turns its
-// answer into a Verdict. Any error breaks the session for good: Postfix
-// "poisons" the socket the same way, because a milter that missed or
-// garbled one reply cannot be resynchronised.
-func (s *Session) call(stage string, timeout time.Duration, scope *bool, fn func() (*djmilter.Action, error)) (Verdict, error) {
-	if s.broken != nil {
-		return Verdict{}, s.broken
-	}
-	if s.Done() {
-		return continueVerdict, nil
-	}
+// SkipBody reports whether sending more body chunks is pointless: the
+// milter answered SKIP, asked for no body, or has decided.
+func (s *Session) SkipBody() bool {
+	return s.Done() || s.dj.Skip() || s.dj.ProtocolOption(djmilter.OptNoBody)
+}
+
+// send runs one go-milter command with the stage's timeout and turns its
+// answer into a Verdict; a final one moves the session to decided, the
+// state of the scope it closes. Any error breaks the session for good:
+// Postfix "poisons" the socket the same way, because a milter that missed
+// or garbled one reply cannot be resynchronised.
+func (s *Session) send(stage string, timeout time.Duration, decided state, fn func() (*djmilter.Action, error)) (Verdict, error) {
 	s.conn.setTimeout(timeout)
 	if err := s.conn.quiet(); err != nil {
 		return Verdict{}, s.fail(stage, err)
@@ -240,66 +142,133 @@ func (s *Session) call(stage string, timeout time.Duration, scope *bool, fn func
 		return Verdict{}, s.fail(stage, err)
 	}
 	v := verdictOf(act)
-	if v.Final() && scope != nil {
-		*scope = true
+	if v.Final() {
+		s.state = decided
 	}
 	return v, nil
 }
 
 func (s *Session) fail(stage string, err error) error {
-	s.broken = fmt.Errorf("milter %s: %s: %w", s.c.Name, stage, err)
+	s.state = stateFailed
+	s.err = fmt.Errorf("milter %s: %s: %w", s.c.Name, stage, err)
 	_ = s.dj.Close()
 	_ = s.conn.Close()
-	return s.broken
+	return s.err
+}
+
+// outOfOrder fails the session on a command its state does not allow (the
+// gateway's bug, not the milter's): go-milter would refuse it too.
+func (s *Session) outOfOrder(stage string) error {
+	return s.fail(stage, fmt.Errorf("command out of order in state %s", s.state))
 }
 
 // Connect sends SMFIC_CONNECT. A final verdict here covers the connection.
 func (s *Session) Connect(hostname string, family Family, port uint16, addr string) (Verdict, error) {
-	return s.call("connect", s.c.opts.CommandTimeout, &s.connDone, func() (*djmilter.Action, error) {
-		return s.dj.Conn(hostname, djmilter.ProtoFamily(family), port, addr)
-	})
+	switch s.state {
+	case stateReady:
+		return s.greeting("connect", func() (*djmilter.Action, error) {
+			return s.dj.Conn(hostname, djmilter.ProtoFamily(family), port, addr)
+		})
+	case stateConnectionDecided:
+		return continueVerdict, nil
+	case stateEnvelope, stateBody, stateMessageDecided:
+		return Verdict{}, s.outOfOrder("connect")
+	case stateFailed, stateClosed:
+		return Verdict{}, s.err
+	}
+	panic("milter: impossible session state " + s.state.String())
+}
+
+// greeting sends CONNECT or HELO, whose one reply conn reads in
+// phaseGreeting (DISCARD there is CONTINUE).
+func (s *Session) greeting(stage string, fn func() (*djmilter.Action, error)) (Verdict, error) {
+	s.conn.phase = phaseGreeting
+	v, err := s.send(stage, s.c.opts.CommandTimeout, stateConnectionDecided, fn)
+	s.conn.phase = phaseReply
+	return v, err
 }
 
 // Helo sends SMFIC_HELO; a HELO in the middle of a transaction aborts it
-// first, as Postfix does.
+// first, as Postfix does. A final verdict here covers the connection.
 func (s *Session) Helo(name string) (Verdict, error) {
-	if err := s.abortIfOpen(); err != nil {
-		return Verdict{}, err
+	switch s.state {
+	case stateEnvelope, stateBody, stateMessageDecided:
+		if err := s.abort(); err != nil {
+			return Verdict{}, err
+		}
+		return s.Helo(name)
+	case stateReady:
+		return s.greeting("helo", func() (*djmilter.Action, error) {
+			return s.dj.Helo(name)
+		})
+	case stateConnectionDecided:
+		return continueVerdict, nil
+	case stateFailed, stateClosed:
+		return Verdict{}, s.err
 	}
-	return s.call("helo", s.c.opts.CommandTimeout, &s.connDone, func() (*djmilter.Action, error) {
-		return s.dj.Helo(name)
-	})
+	panic("milter: impossible session state " + s.state.String())
 }
 
-// Mail starts a transaction. params are the ESMTP parameters, each sent as
-// its own string as Postfix and Sendmail do (go-milter would send them as
-// one; rspamd and libmilter milters split on NUL).
+// Mail starts a transaction, aborting the one still open. params are the
+// ESMTP parameters, each sent as its own string as Postfix and Sendmail
+// do (go-milter would send them as one; rspamd and libmilter milters split
+// on NUL).
 func (s *Session) Mail(from string, params []string) (Verdict, error) {
-	if err := s.abortIfOpen(); err != nil {
-		return Verdict{}, err
+	switch s.state {
+	case stateEnvelope, stateBody, stateMessageDecided:
+		if err := s.abort(); err != nil {
+			return Verdict{}, err
+		}
+		return s.Mail(from, params)
+	case stateReady:
+		s.state = stateEnvelope
+		return s.send("mail", s.c.opts.CommandTimeout, stateMessageDecided, func() (*djmilter.Action, error) {
+			return s.dj.Mail(from, strings.Join(params, "\x00"))
+		})
+	case stateConnectionDecided:
+		return continueVerdict, nil
+	case stateFailed, stateClosed:
+		return Verdict{}, s.err
 	}
-	s.msgDone = false
-	return s.call("mail", s.c.opts.CommandTimeout, &s.msgDone, func() (*djmilter.Action, error) {
-		s.txOpen = true
-		return s.dj.Mail(from, strings.Join(params, "\x00"))
-	})
+	panic("milter: impossible session state " + s.state.String())
 }
 
 // Rcpt sends one recipient. A reject or tempfail covers that recipient
 // only; accept and discard cover the message.
 func (s *Session) Rcpt(to string, params []string) (Verdict, error) {
-	v, err := s.call("rcpt", s.c.opts.CommandTimeout, nil, func() (*djmilter.Action, error) {
-		return s.dj.Rcpt(to, strings.Join(params, "\x00"))
-	})
-	if v.Kind == Accept || v.Kind == Discard {
-		s.msgDone = true
+	switch s.state {
+	case stateEnvelope:
+		// A reject or tempfail covers this recipient only: the state stays.
+		v, err := s.send("rcpt", s.c.opts.CommandTimeout, stateEnvelope, func() (*djmilter.Action, error) {
+			return s.dj.Rcpt(to, strings.Join(params, "\x00"))
+		})
+		if err == nil && (v.Kind == Accept || v.Kind == Discard) {
+			s.state = stateMessageDecided
+		}
+		return v, err
+	case stateMessageDecided, stateConnectionDecided:
+		return continueVerdict, nil
+	case stateReady, stateBody:
+		return Verdict{}, s.outOfOrder("rcpt")
+	case stateFailed, stateClosed:
+		return Verdict{}, s.err
 	}
-	return v, err
+	panic("milter: impossible session state " + s.state.String())
 }
 
 // Data sends SMFIC_DATA.
 func (s *Session) Data() (Verdict, error) {
-	return s.call("data", s.c.opts.CommandTimeout, &s.msgDone, s.dj.DataStart)
+	switch s.state {
+	case stateEnvelope:
+		return s.send("data", s.c.opts.CommandTimeout, stateMessageDecided, s.dj.DataStart)
+	case stateMessageDecided, stateConnectionDecided:
+		return continueVerdict, nil
+	case stateReady, stateBody:
+		return Verdict{}, s.outOfOrder("data")
+	case stateFailed, stateClosed:
+		return Verdict{}, s.err
+	}
+	panic("milter: impossible session state " + s.state.String())
 }
 
 // Header sends one header. value is the field's text after the colon with
@@ -307,12 +276,22 @@ func (s *Session) Data() (Verdict, error) {
 // leading space is removed unless the milter negotiated
 // SMFIP_HDR_LEADSPC (Sendmail's and Postfix's rule: one space, never a tab).
 func (s *Session) Header(name, value string) (Verdict, error) {
-	if !s.leadingSpace && strings.HasPrefix(value, " ") {
-		value = value[1:]
+	switch s.state {
+	case stateEnvelope:
+		if !s.leadingSpace && strings.HasPrefix(value, " ") {
+			value = value[1:]
+		}
+		return s.send("header", s.c.opts.ContentTimeout, stateMessageDecided, func() (*djmilter.Action, error) {
+			return s.dj.HeaderField(name, value, nil)
+		})
+	case stateMessageDecided, stateConnectionDecided:
+		return continueVerdict, nil
+	case stateReady, stateBody:
+		return Verdict{}, s.outOfOrder("header")
+	case stateFailed, stateClosed:
+		return Verdict{}, s.err
 	}
-	return s.call("header", s.c.opts.ContentTimeout, &s.msgDone, func() (*djmilter.Action, error) {
-		return s.dj.HeaderField(name, value, nil)
-	})
+	panic("milter: impossible session state " + s.state.String())
 }
 
 // Headers sends the header fields, each as Header does, in order, and
@@ -339,42 +318,59 @@ func (s *Session) Header(name, value string) (Verdict, error) {
 // A milter that answers each field still gets one round trip per field
 // through go-milter, its answers honoured (SKIP, reject, ...).
 func (s *Session) Headers(fields iter.Seq2[[]byte, []byte]) (Verdict, error) {
-	if s.broken != nil {
-		return Verdict{}, s.broken
-	}
-	if s.Done() || s.dj.ProtocolOption(djmilter.OptNoHeaders) {
-		return continueVerdict, nil
-	}
-	if !s.dj.ProtocolOption(djmilter.OptNoHeaderReply) {
-		for name, value := range fields {
-			v, err := s.Header(string(name), string(value))
-			if err != nil || v.Final() || s.dj.Skip() {
-				return v, err
+	switch s.state {
+	case stateEnvelope:
+		switch {
+		case s.dj.ProtocolOption(djmilter.OptNoHeaders):
+			return continueVerdict, nil
+		case !s.dj.ProtocolOption(djmilter.OptNoHeaderReply):
+			for name, value := range fields {
+				v, err := s.Header(string(name), string(value))
+				if err != nil || v.Final() || s.dj.Skip() {
+					return v, err
+				}
 			}
+			return continueVerdict, nil
 		}
-		return continueVerdict, nil
-	}
-	return s.call("header", s.c.opts.ContentTimeout, &s.msgDone, func() (*djmilter.Action, error) {
-		for name, value := range fields {
-			if !s.leadingSpace && len(value) > 0 && value[0] == ' ' {
-				value = value[1:]
+		return s.send("header", s.c.opts.ContentTimeout, stateMessageDecided, func() (*djmilter.Action, error) {
+			for name, value := range fields {
+				if !s.leadingSpace && len(value) > 0 && value[0] == ' ' {
+					value = value[1:]
+				}
+				if err := s.conn.writeHeader(name, value); err != nil {
+					return nil, fmt.Errorf("milter: header field: %w", err)
+				}
 			}
-			if err := s.conn.writeHeader(name, value); err != nil {
+			if err := s.conn.endHeaders(); err != nil {
 				return nil, fmt.Errorf("milter: header field: %w", err)
 			}
-		}
-		if err := s.conn.endHeaders(); err != nil {
-			return nil, fmt.Errorf("milter: header field: %w", err)
-		}
-		return continueAction, nil
-	})
+			return continueAction, nil
+		})
+	case stateMessageDecided, stateConnectionDecided:
+		return continueVerdict, nil
+	case stateReady, stateBody:
+		return Verdict{}, s.outOfOrder("header")
+	case stateFailed, stateClosed:
+		return Verdict{}, s.err
+	}
+	panic("milter: impossible session state " + s.state.String())
 }
 
 var continueAction = &djmilter.Action{Type: djmilter.ActionContinue}
 
 // EndOfHeaders sends SMFIC_EOH.
 func (s *Session) EndOfHeaders() (Verdict, error) {
-	return s.call("end of headers", s.c.opts.ContentTimeout, &s.msgDone, s.dj.HeaderEnd)
+	switch s.state {
+	case stateEnvelope:
+		return s.send("end of headers", s.c.opts.ContentTimeout, stateMessageDecided, s.dj.HeaderEnd)
+	case stateMessageDecided, stateConnectionDecided:
+		return continueVerdict, nil
+	case stateReady, stateBody:
+		return Verdict{}, s.outOfOrder("end of headers")
+	case stateFailed, stateClosed:
+		return Verdict{}, s.err
+	}
+	panic("milter: impossible session state " + s.state.String())
 }
 
 // MaxChunk is the largest body chunk a libmilter milter accepts unless a
@@ -383,16 +379,20 @@ const MaxChunk = 65535
 
 // Body sends one chunk of at most MaxChunk bytes of CRLF-terminated body.
 func (s *Session) Body(chunk []byte) (Verdict, error) {
-	s.bodySent = true
-	return s.call("body", s.c.opts.ContentTimeout, &s.msgDone, func() (*djmilter.Action, error) {
-		return s.dj.BodyChunk(chunk)
-	})
-}
-
-// SkipBody reports whether sending more body chunks is pointless: the
-// milter answered SKIP, asked for no body, or has decided.
-func (s *Session) SkipBody() bool {
-	return s.Done() || s.dj.Skip() || s.dj.ProtocolOption(djmilter.OptNoBody)
+	switch s.state {
+	case stateEnvelope, stateBody:
+		s.state = stateBody
+		return s.send("body", s.c.opts.ContentTimeout, stateMessageDecided, func() (*djmilter.Action, error) {
+			return s.dj.BodyChunk(chunk)
+		})
+	case stateMessageDecided, stateConnectionDecided:
+		return continueVerdict, nil
+	case stateReady:
+		return Verdict{}, s.outOfOrder("body")
+	case stateFailed, stateClosed:
+		return Verdict{}, s.err
+	}
+	panic("milter: impossible session state " + s.state.String())
 }
 
 // End sends end of message and collects the modifications and the final
@@ -410,14 +410,8 @@ func (s *Session) SkipBody() bool {
 // (ErrOverBudget); a reply the milter may not send fails it with
 // ErrProtocol.
 func (s *Session) End(body io.Writer) (Verdict, []Modification, error) {
-	if s.broken != nil {
-		return Verdict{}, nil, s.broken
-	}
-	if s.Done() {
-		return continueVerdict, nil, nil
-	}
-	s.conn.setTimeout(s.c.opts.ContentTimeout)
-	if !s.bodySent {
+	switch s.state {
+	case stateEnvelope:
 		// go-milter wants a body event before end of message; for an
 		// empty body conn keeps it off the wire.
 		s.conn.skipEmptyBody(true, !s.dj.ProtocolOption(djmilter.OptNoBodyReply))
@@ -426,8 +420,24 @@ func (s *Session) End(body io.Writer) (Verdict, []Modification, error) {
 		if err != nil || v.Final() {
 			return v, nil, err
 		}
+		return s.End(body)
+	case stateBody:
+		return s.endOfMessage(body)
+	case stateMessageDecided, stateConnectionDecided:
+		return continueVerdict, nil, nil
+	case stateReady:
+		return Verdict{}, nil, s.outOfOrder("end of message")
+	case stateFailed, stateClosed:
+		return Verdict{}, nil, s.err
 	}
-	s.txOpen, s.bodySent = false, false
+	panic("milter: impossible session state " + s.state.String())
+}
+
+// endOfMessage is End in stateBody: the transaction ends here whatever
+// the milter answers, so no ABORT is owed after it.
+func (s *Session) endOfMessage(body io.Writer) (Verdict, []Modification, error) {
+	s.state = stateReady
+	s.conn.setTimeout(s.c.opts.ContentTimeout)
 	if err := s.conn.quiet(); err != nil {
 		return Verdict{}, nil, s.fail("end of message", err)
 	}
@@ -455,17 +465,21 @@ func (s *Session) End(body io.Writer) (Verdict, []Modification, error) {
 }
 
 // Abort ends an open transaction (RSET, a rolled-back or failed message).
-func (s *Session) Abort() error { return s.abortIfOpen() }
-
-func (s *Session) abortIfOpen() error {
-	if !s.txOpen || s.broken != nil {
-		return s.broken
-	}
-	s.txOpen, s.bodySent = false, false
-	s.msgDone = false
-	if s.connDone {
+func (s *Session) Abort() error {
+	switch s.state {
+	case stateEnvelope, stateBody, stateMessageDecided:
+		return s.abort()
+	case stateReady, stateConnectionDecided:
 		return nil
+	case stateFailed, stateClosed:
+		return s.err
 	}
+	panic("milter: impossible session state " + s.state.String())
+}
+
+// abort sends SMFIC_ABORT for the open transaction.
+func (s *Session) abort() error {
+	s.state = stateReady
 	s.conn.setTimeout(s.c.opts.CommandTimeout)
 	if err := s.conn.quiet(); err != nil {
 		return s.fail("abort", err)
@@ -478,16 +492,17 @@ func (s *Session) abortIfOpen() error {
 
 // Close sends QUIT and closes the connection. It is safe to call twice.
 func (s *Session) Close() error {
-	if s.broken != nil {
+	switch s.state {
+	case stateReady, stateEnvelope, stateBody, stateMessageDecided, stateConnectionDecided:
+		s.conn.setTimeout(s.c.opts.CommandTimeout)
+		err := s.dj.Close()
+		s.state, s.err = stateClosed, errClosed
+		return err
+	case stateFailed, stateClosed:
 		return nil
 	}
-	s.conn.setTimeout(s.c.opts.CommandTimeout)
-	err := s.dj.Close()
-	s.broken = errClosed
-	return err
+	panic("milter: impossible session state " + s.state.String())
 }
-
-var errClosed = fmt.Errorf("milter session closed")
 
 // Interrupt closes the milter's socket at once, so that a call blocked on
 // it (a milter that keeps sending PROGRESS, or says nothing) returns with

@@ -21,7 +21,7 @@ func open(t *testing.T, spec string, opts milter.Options, macros *milter.Macros)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := milter.NewClient(spec, sp, opts).Open(macros)
+	s, err := milter.NewClient(spec, sp, opts, nil).Open(macros)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -500,7 +500,7 @@ func TestZeroLengthNegotiationReplyFailsAtOnce(t *testing.T) {
 	}()
 	sp, _ := milter.ParseSpec("inet:" + ln.Addr().String())
 	start := time.Now()
-	_, err = milter.NewClient("z", sp, milter.DefaultOptions).Open(nil)
+	_, err = milter.NewClient("z", sp, milter.DefaultOptions, nil).Open(nil)
 	if !errors.Is(err, milter.ErrPacketTooLarge) || time.Since(start) > time.Second {
 		t.Errorf("Open = %v after %v; want ErrPacketTooLarge at once", err, time.Since(start))
 	}

@@ -12,11 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-
-	djmilter "github.com/d--j/go-milter"
-
 	"github.com/filter-milter/filter-milter/milter"
 )
 
@@ -661,21 +656,4 @@ func outOfTurnMilter(t *testing.T, sent chan<- struct{}) string {
 			}
 		}
 	})
-}
-
-func TestGoMilterWarningsAreLoggedAsAField(t *testing.T) {
-	var out bytes.Buffer
-	enc := zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig())
-	milter.SetLogger(zap.New(zapcore.NewCore(enc, zapcore.AddSync(&out), zap.DebugLevel)))
-	t.Cleanup(func() { milter.SetLogger(zap.NewNop()) })
-	// What go-milter logs for a macro list that is not NUL-terminated:
-	// the milter's bytes in the format.
-	djmilter.LogWarning("macros for stage %d are not null-terminated, skipping rest of list: %s", 1, "i\nDec  7 01:00:00 mx smtpd[1]: forged")
-	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
-	if len(lines) != 1 {
-		t.Fatalf("one warning became %d log lines: %q", len(lines), out.String())
-	}
-	if !strings.Contains(lines[0], "\tgo-milter warning\t") || !strings.Contains(lines[0], `"detail": "macros for stage 1 are not null-terminated, skipping rest of list: i\nDec`) {
-		t.Errorf("log line %q: want the fixed message and the text as an escaped detail field", lines[0])
-	}
 }

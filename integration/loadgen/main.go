@@ -445,7 +445,7 @@ func startInProcess(specs []string, cpuprofile string, rep int) (target, error) 
 		if err != nil {
 			return target{}, err
 		}
-		pools = append(pools, milter.NewPool(c))
+		pools = append(pools, milter.NewPool(c, nil))
 	}
 	enc := zap.NewProductionEncoderConfig()
 	enc.TimeKey = ""
