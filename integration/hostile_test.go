@@ -666,15 +666,15 @@ var hostileFakeLine = regexp.MustCompile(`^[0-9a-f]{4,16} smtp message msgid=for
 
 // TestHostileLogInjection: a milter whose bytes hold a line break and then
 // a line that looks like smtpd's own: in the macro list of its negotiation
-// answer (which go-milter warns about with the bytes in the message text)
-// and in a reply text. smtpd's log (where filter-milter's stderr goes) must
+// answer (which filter-milter logs as a bad macro list, with the bytes in
+// an escaped field) and in a reply text. smtpd's log (where filter-milter's stderr goes) must
 // never have that as a line of its own; it may appear only escaped inside
 // a filter-milter line.
 func TestHostileLogInjection(t *testing.T) {
 	// A macro list for every stage (SMFIM_CONNECT 0 to SMFIM_EOH 6), so
 	// that filter-milter adds no default list after them, then one more
-	// for stage 0 without its NUL: go-milter warns "macros for stage 0
-	// are not null-terminated" with the list's bytes.
+	// for stage 0 without its NUL: filter-milter logs the list's bytes as
+	// a bad macro list (milter/negotiation.go) before go-milter sees it.
 	var macroTail []byte
 	for stage := range uint32(7) {
 		macroTail = binary.BigEndian.AppendUint32(macroTail, stage)

@@ -62,7 +62,7 @@ func checkMilter(w io.Writer, c milter.Config, globalAction string) int {
 		c.Options.MaxModifications, config.ByteSize(c.Options.MaxModificationBytes))
 	failed := 0
 	for _, spec := range c.Endpoints {
-		cl := milter.NewClient(spec.String(), spec, c.Options)
+		cl := milter.NewClient(spec.String(), spec, c.Options, nil)
 		n, err := cl.Negotiate()
 		if len(c.Endpoints) > 1 {
 			fmt.Fprintf(w, "  endpoint %s\n", spec)
