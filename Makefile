@@ -72,7 +72,7 @@ bench-smoke:
 # End-to-end and pipe measurements against OpenSMTPD's native filters and
 # Postfix; writes docs/benchmarks.md (about 7 minutes).
 bench: deps
-	BENCH_OUT=$(CURDIR)/docs/benchmarks.md ./integration/bench.sh
+	BENCH_OUT=$(CURDIR)/docs/benchmarks.md ./integration/bench/bench.sh
 
 demo: deps
 	$(GO) run ./integration/cmd/demo

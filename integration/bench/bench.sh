@@ -1,5 +1,5 @@
 #!/bin/bash
-# integration/bench.sh — filter-milter's performance measurements, written
+# integration/bench/bench.sh — filter-milter's performance measurements, written
 # to docs/benchmarks.md. Run as root on Debian bookworm, from the repository
 # (make bench). About 12-15 minutes. It installs what it needs with apt-get
 # (libmilter-dev, opensmtpd-filter-dkimsign) and unpacks Postfix with
@@ -30,7 +30,7 @@
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then echo "bench.sh: run as root" >&2; exit 1; fi
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${BENCH_OUT:-$ROOT/docs/benchmarks.md}
 REPS=${BENCH_REPS:-3}
 N2K=${BENCH_N2K:-3000}
@@ -50,7 +50,7 @@ CG=/sys/fs/cgroup/cpuacct
 PIDS=()          # every daemon this script started, stopped by PID at the end
 CGROUPS=()
 START_TS=$(date +%s)
-CMDLINE="integration/bench.sh $*"
+CMDLINE="integration/bench/bench.sh $*"
 log() { printf '%s %s\n' "$(date +%T)" "$*" | tee -a "$W/logs/bench.log" >&2; }
 skip() { [[ "$SKIP" == *",$1,"* ]]; }
 
@@ -97,10 +97,10 @@ SMTPSOURCE() { LD_LIBRARY_PATH=$PFROOT/usr/lib/postfix "$PFROOT/usr/sbin/smtp-so
 
 log "building filter-milter, floorfilter, loadgen, nullmilter"
 (cd "$ROOT" && go build -buildvcs=false -o "$W/bin/filter-milter" ./cmd/filter-milter &&
-	go build -buildvcs=false -o "$W/bin/floorfilter" ./integration/floorfilter &&
-	go build -buildvcs=false -o "$W/bin/loadgen" ./integration/loadgen) >"$W/logs/build.log" 2>&1 ||
+	go build -buildvcs=false -o "$W/bin/floorfilter" ./integration/bench/floorfilter &&
+	go build -buildvcs=false -o "$W/bin/loadgen" ./integration/bench/loadgen) >"$W/logs/build.log" 2>&1 ||
 	{ cat "$W/logs/build.log" >&2; exit 1; }
-cc -O2 -o "$W/bin/nullmilter" "$ROOT/integration/nullmilter/nullmilter.c" -lmilter -lpthread
+cc -O2 -o "$W/bin/nullmilter" "$ROOT/integration/bench/nullmilter/nullmilter.c" -lmilter -lpthread
 chmod 755 "$W"/bin/*
 
 # free TCP ports on 127.0.0.1, from 28700 up

@@ -1,6 +1,6 @@
 package main
 
-// loadgen -report DIR -out FILE turns the raw results integration/bench.sh
+// loadgen -report DIR -out FILE turns the raw results integration/bench/bench.sh
 // collects in DIR into docs/benchmarks.md.
 
 import (
@@ -34,7 +34,7 @@ type e2eRun struct {
 
 var setups = []struct{ id, name string }{
 	{"A", "OpenSMTPD, no filter"},
-	{"B", "OpenSMTPD + floor filter (integration/floorfilter)"},
+	{"B", "OpenSMTPD + floor filter (integration/bench/floorfilter)"},
 	{"M", "OpenSMTPD + filter-milter + libmilter null milter (unix)"},
 	{"Ku", "OpenSMTPD + filter-milter + opendkim (unix)"},
 	{"Ki", "OpenSMTPD + filter-milter + opendkim (inet)"},
@@ -190,7 +190,7 @@ func report(dir, out string) error {
 	var w mdWriter
 	w.p("# filter-milter performance")
 	w.p("")
-	w.p("Written by `integration/bench.sh` (`make bench`), run as root on %s: %s, %s CPUs (%s), %s RAM, kernel %s; Debian %s.",
+	w.p("Written by `integration/bench/bench.sh` (`make bench`), run as root on %s: %s, %s CPUs (%s), %s RAM, kernel %s; Debian %s.",
 		"the shared Debian bookworm VM", m["date"], m["nproc"], m["cpu"], m["mem"], m["kernel"], m["debian"])
 	w.p("Commit %s%s, %s. Peers: OpenSMTPD %s, opendkim %s, libmilter %s, opensmtpd-filter-dkimsign %s, Postfix %s (`dpkg -x`).",
 		m["commit"], dirtyNote(m["dirty"]), m["go"], m["opensmtpd"], m["opendkim"], m["libmilter"], m["dkimsign"], m["postfix"])
@@ -335,7 +335,7 @@ func report(dir, out string) error {
 	// ------------------------------------------------------------ loadgen
 	w.p("## filter-milter on its pipe (loadgen)")
 	w.p("")
-	w.p("`integration/loadgen` plays smtpd 6.8 (protocol 0.6 lines, reports only for the events the filter registered) on the filter's stdin/stdout and checks every data line that comes back. filter-milter runs as a process (default log level, stderr to a file) with the libmilter null milter (`integration/nullmilter`, every callback registered, no actions; in the last row the same milter started with `eom`, which negotiates every stage away but end of message); the floor is `integration/floorfilter`. Floor and filter-milter alternate, medians of the runs. CPU is the filter process's (rusage) plus the milter process's (/proc, 10 ms ticks), per message; RSS is the filter's VmHWM.")
+	w.p("`integration/bench/loadgen` plays smtpd 6.8 (protocol 0.6 lines, reports only for the events the filter registered) on the filter's stdin/stdout and checks every data line that comes back. filter-milter runs as a process (default log level, stderr to a file) with the libmilter null milter (`integration/bench/nullmilter`, every callback registered, no actions; in the last row the same milter started with `eom`, which negotiates every stage away but end of message); the floor is `integration/bench/floorfilter`. Floor and filter-milter alternate, medians of the runs. CPU is the filter process's (rusage) plus the milter process's (/proc, 10 ms ticks), per message; RSS is the filter's VmHWM.")
 	w.p("")
 	w.p("| load | milter socket | floor msgs/s | filter-milter msgs/s | × floor | `.`→commit p50 / p99 ms | filter CPU ms/msg | milter CPU ms/msg | × floor CPU (filter only) | filter-milter peak RSS MiB |")
 	w.p("|---|---|---|---|---|---|---|---|---|---|")

@@ -4,7 +4,7 @@
 // (0.6, the line formats of Debian's smtpd 6.8 in testdata/transcripts),
 // and drives SMTP sessions through it as fast as the filter answers.
 //
-//	go run ./integration/loadgen -sessions 10 -messages 500 -size 2KB -concurrency 10 -milter unix:/run/null.sock [-floor]
+//	go run ./integration/bench/loadgen -sessions 10 -messages 500 -size 2KB -concurrency 10 -milter unix:/run/null.sock [-floor]
 //
 // Each session: link-connect and connect, link-greeting and ehlo, then per
 // message protocol-client MAIL and mail-from, tx-begin, RCPT and rcpt-to,
@@ -21,7 +21,7 @@
 // It prints messages/s, the p50 and p99 of the time from the "." sent to
 // the commit answer received, the filter process's peak RSS (VmHWM), and
 // CPU per message of the filter process (and of -milter-pid processes).
-// With -floor it runs integration/floorfilter (answers proceed, echoes data
+// With -floor it runs integration/bench/floorfilter (answers proceed, echoes data
 // lines) with the same load in the same run, -reps times alternating, and
 // prints the ratios of the medians.
 //
@@ -59,7 +59,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/filter-milter/filter-milter/gateway"
-	"github.com/filter-milter/filter-milter/integration/benchmsg"
+	"github.com/filter-milter/filter-milter/integration/bench/benchmsg"
 	"github.com/filter-milter/filter-milter/milter"
 )
 
@@ -121,8 +121,8 @@ func main() {
 	flag.Var(&o.milters, "milter", "a milter socket for the filter (-milter SPEC of filter-milter); repeatable")
 	flag.StringVar(&o.filter, "filter", "", "the filter binary (default: build ./cmd/filter-milter into a temporary directory)")
 	flag.Var(&o.filterArgs, "filter-arg", "one more argument for the filter; repeatable")
-	flag.BoolVar(&o.floor, "floor", false, "also run the floor filter (integration/floorfilter) with the same load, and print the ratios")
-	flag.StringVar(&o.floorFilter, "floor-filter", "", "the floor filter binary (default: build ./integration/floorfilter)")
+	flag.BoolVar(&o.floor, "floor", false, "also run the floor filter (integration/bench/floorfilter) with the same load, and print the ratios")
+	flag.StringVar(&o.floorFilter, "floor-filter", "", "the floor filter binary (default: build ./integration/bench/floorfilter)")
 	flag.IntVar(&o.reps, "reps", 1, "repetitions (with -floor, floor and filter alternate); medians are reported")
 	flag.BoolVar(&o.inprocess, "inprocess", false, "run the gateway inside loadgen instead of a filter process")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "with -inprocess: write a CPU profile here (gateway goroutines labelled side=filter)")
@@ -133,7 +133,7 @@ func main() {
 	flag.StringVar(&o.filterLog, "filter-log", "", "the filter's stderr (default: a file in the temporary directory, removed unless the run fails)")
 	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "give up after this long")
 	flag.BoolVar(&o.quiet, "q", false, "print only the summary")
-	reportDir := flag.String("report", "", "instead of a run: write the report of integration/bench.sh's results in this directory to -out")
+	reportDir := flag.String("report", "", "instead of a run: write the report of integration/bench/bench.sh's results in this directory to -out")
 	reportOut := flag.String("out", "docs/benchmarks.md", "with -report: the report file")
 	flag.Parse()
 	if *reportDir != "" {
@@ -213,7 +213,7 @@ func run(o options) error {
 	if o.floor {
 		floorBin = o.floorFilter
 		if floorBin == "" {
-			if floorBin, err = build(tmp, "./integration/floorfilter", "floorfilter"); err != nil {
+			if floorBin, err = build(tmp, "./integration/bench/floorfilter", "floorfilter"); err != nil {
 				return err
 			}
 		}
