@@ -23,7 +23,10 @@
 // CPU per message of the filter process (and of -milter-pid processes).
 // With -floor it runs integration/bench/floorfilter (answers proceed, echoes data
 // lines) with the same load in the same run, -reps times alternating, and
-// prints the ratios of the medians.
+// prints the ratios of the medians. With -baseline BIN it runs another
+// filter-milter binary (an older revision, built by bench.sh from
+// BENCH_BASELINE) with the same arguments and load, alternating with the
+// current one, and prints the ratios new/old.
 //
 // With -inprocess the gateway runs inside loadgen (gateway.New + Run on
 // in-memory pipes) instead of as a process, and -cpuprofile writes a CPU
@@ -102,7 +105,7 @@ type options struct {
 	size                                  int
 	milters, filterArgs                   listFlag
 	milterPIDs                            listFlag
-	filter, floorFilter                   string
+	filter, floorFilter, baseline         string
 	floor, inprocess                      bool
 	cpuprofile, memprofile, jsonOut       string
 	filterLog                             string
@@ -123,7 +126,8 @@ func main() {
 	flag.Var(&o.filterArgs, "filter-arg", "one more argument for the filter; repeatable")
 	flag.BoolVar(&o.floor, "floor", false, "also run the floor filter (integration/bench/floorfilter) with the same load, and print the ratios")
 	flag.StringVar(&o.floorFilter, "floor-filter", "", "the floor filter binary (default: build ./integration/bench/floorfilter)")
-	flag.IntVar(&o.reps, "reps", 1, "repetitions (with -floor, floor and filter alternate); medians are reported")
+	flag.StringVar(&o.baseline, "baseline", "", "also run this filter-milter binary (an older revision) with the same arguments and load, and print the ratios new/old")
+	flag.IntVar(&o.reps, "reps", 1, "repetitions (with -floor or -baseline, the filters alternate); medians are reported")
 	flag.BoolVar(&o.inprocess, "inprocess", false, "run the gateway inside loadgen instead of a filter process")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "with -inprocess: write a CPU profile here (gateway goroutines labelled side=filter)")
 	flag.StringVar(&o.memprofile, "memprofile", "", "with -inprocess: write a heap profile here each time the RSS reaches a new high (at most every 500 ms)")
@@ -237,6 +241,9 @@ func run(o options) error {
 		if o.floor {
 			order = append(order, "floor")
 		}
+		if o.baseline != "" {
+			order = append(order, "baseline")
+		}
 		order = append(order, "filter-milter")
 		if rep%2 == 1 {
 			slices.Reverse(order)
@@ -247,15 +254,12 @@ func run(o options) error {
 			switch {
 			case name == "floor":
 				t, err = startProcess(tmp, "floor", floorBin, nil, o.filterLog, nil)
+			case name == "baseline":
+				t, err = startProcess(tmp, "baseline", o.baseline, filterArgs(o), o.filterLog, o.milterPIDs)
 			case o.inprocess:
 				t, err = startInProcess(o.milters, o.cpuprofile, rep)
 			default:
-				args := []string{}
-				for _, m := range o.milters {
-					args = append(args, "-milter", m)
-				}
-				args = append(args, o.filterArgs...)
-				t, err = startProcess(tmp, "filter-milter", filterBin, args, o.filterLog, o.milterPIDs)
+				t, err = startProcess(tmp, "filter-milter", filterBin, filterArgs(o), o.filterLog, o.milterPIDs)
 			}
 			if err != nil {
 				return err
@@ -278,7 +282,7 @@ func run(o options) error {
 	}
 	if o.reps > 1 {
 		fmt.Printf("medians of %d runs:\n", o.reps)
-		for _, name := range []string{"floor", "filter-milter"} {
+		for _, name := range []string{"floor", "baseline", "filter-milter"} {
 			if r, ok := sum.Median[name]; ok {
 				printResult(r)
 			}
@@ -295,6 +299,11 @@ func run(o options) error {
 		fmt.Printf("ratio filter-milter/floor: throughput %.2f, CPU per message %.2f (filter process only: %.2f), p50 %.2f\n",
 			ratio["throughput"], ratio["cpu_per_msg"], f.FilterCPUms/fl.FilterCPUms, ratio["p50"])
 	}
+	if o.baseline != "" {
+		f, old := sum.Median["filter-milter"], sum.Median["baseline"]
+		fmt.Printf("ratio new/old (filter-milter/baseline): throughput %.2f, filter CPU per message %.2f, p50 %.2f\n",
+			f.MsgsPerSec/old.MsgsPerSec, f.FilterCPUms/old.FilterCPUms, f.P50ms/old.P50ms)
+	}
 	if o.jsonOut != "" {
 		b, _ := json.MarshalIndent(sum, "", "  ")
 		if err := os.WriteFile(o.jsonOut, append(b, '\n'), 0o644); err != nil {
@@ -302,6 +311,16 @@ func run(o options) error {
 		}
 	}
 	return nil
+}
+
+// filterArgs are the arguments of a filter-milter process: its milters,
+// then -filter-arg's.
+func filterArgs(o options) []string {
+	var args []string
+	for _, m := range o.milters {
+		args = append(args, "-milter", m)
+	}
+	return append(args, o.filterArgs...)
 }
 
 func printResult(r result) {

@@ -36,6 +36,7 @@ var setups = []struct{ id, name string }{
 	{"A", "OpenSMTPD, no filter"},
 	{"B", "OpenSMTPD + floor filter (integration/bench/floorfilter)"},
 	{"M", "OpenSMTPD + filter-milter + libmilter null milter (unix)"},
+	{"Mo", "OpenSMTPD + baseline filter-milter (BENCH_BASELINE) + libmilter null milter (unix)"},
 	{"Ku", "OpenSMTPD + filter-milter + opendkim (unix)"},
 	{"Ki", "OpenSMTPD + filter-milter + opendkim (inet)"},
 	{"C", "OpenSMTPD + filter-dkimsign"},
@@ -200,6 +201,10 @@ func report(dir, out string) error {
 	w.p("    %s    # %s", strings.TrimSpace(m["command"]), m["settings"])
 	w.p("")
 
+	if m["baseline"] != "" {
+		compareSection(&w, dir, m, get)
+	}
+
 	// ------------------------------------------------------------ targets
 	w.p("## Targets of the issue")
 	w.p("")
@@ -290,6 +295,9 @@ func report(dir, out string) error {
 		floor := get("B", size)
 		for _, s := range setups {
 			x := st[s.id][size]
+			if x == nil && s.id == "Mo" {
+				continue // no baseline in this run
+			}
 			if x == nil {
 				w.p("| %s (%s) | not run | | | | | | | | |", s.name, s.id)
 				continue
@@ -450,6 +458,51 @@ func report(dir, out string) error {
 	}
 	w.b.WriteString(notes)
 	return os.WriteFile(out, []byte(w.b.String()), 0o644)
+}
+
+// compareSection is the current tree against the baseline binary
+// (BENCH_BASELINE), measured in the same run: loadgen's invocations
+// alternate the two binaries, and the end-to-end setups M and Mo take turns
+// in every repetition. The bar of issue #14 is new/old ≥ 0.95 in throughput.
+func compareSection(w *mdWriter, dir string, m map[string]string, get func(id string, size int) *e2eStat) {
+	w.p("## New against old: %s against baseline %s", m["commit"], m["baseline"])
+	w.p("")
+	w.p("The current tree's binary and the one built from the baseline revision (`BENCH_BASELINE`, `git archive` of it, same Go), in the same run: loadgen (the pipe harness, libmilter null milter on a unix socket, 10 sessions) alternates the two binaries in each invocation; end to end, setups M (new) and Mo (old) each have their own smtpd and null milter and take turns in every repetition. Medians of %s runs. Throughput new/old ≥ 0.95 is the bar (CPU per message: new/old ≤ 1/0.95).", m["repsN"])
+	w.p("")
+	w.p("| measure | old (%s) | new (%s) | new/old | |", m["baseline"], m["commit"])
+	w.p("|---|---|---|---|---|")
+	row := func(what string, old, cur float64, format string, higherIsBetter bool) {
+		if old <= 0 || cur <= 0 {
+			w.p("| %s | no figures | | | |", what)
+			return
+		}
+		r := cur / old
+		ok := r >= 0.95
+		if !higherIsBetter {
+			ok = r <= 1/0.95
+		}
+		w.p("| %s | "+format+" | "+format+" | %.2f | %s |", what, old, cur, r, verdict(ok))
+	}
+	for _, c := range []struct{ name, what string }{{"cmp-2k", "2 KB"}, {"cmp-100k", "100 KB"}} {
+		s, why := readLG(dir, c.name)
+		if s == nil {
+			w.p("| loadgen %s | failed: %s | | | |", c.what, oneLine(why))
+			continue
+		}
+		old, cur := s.Median["baseline"], s.Median["filter-milter"]
+		row("loadgen "+c.what+": msgs/s", old.MsgsPerSec, cur.MsgsPerSec, "%.0f", true)
+		row("loadgen "+c.what+": filter CPU ms/msg", old.FilterCPUms, cur.FilterCPUms, "%.3f", false)
+	}
+	for _, size := range []int{2048, 102400} {
+		old, cur := get("Mo", size), get("M", size)
+		if old == nil || cur == nil {
+			w.p("| end to end %s | no figures (see the end-to-end section) | | | |", sizeName(size))
+			continue
+		}
+		row("end to end "+sizeName(size)+": msgs/s", old.rate, cur.rate, "%.0f", true)
+		row("end to end "+sizeName(size)+": filter process CPU ms/msg", old.filter, cur.filter, "%.2f", false)
+	}
+	w.p("")
 }
 
 // goBenchMetric finds a custom metric (msgs/s) of one benchmark in go test's output.
