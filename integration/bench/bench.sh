@@ -256,6 +256,9 @@ fi
 # OpenSMTPD instances, each in its own mount namespace: tmpfs spool and
 # /run (queue and control socket), a resolv.conf that answers from
 # /etc/hosts first and fails at once otherwise (no resolver stalls).
+# /var/spool/smtpd must exist on the host as a mount point (a fresh opensmtpd
+# install may not have made it yet), as in integration/harness.
+mkdir -p -m 0711 /var/spool/smtpd
 cat >"$W/cfg/resolv.conf" <<EOF
 lookup file bind
 nameserver 127.0.0.9
