@@ -460,6 +460,9 @@ if ! skip e2e; then
 	FM=$W/bin/filter-milter
 	IDS=(A B M ${BASELINE:+Mo} Ku Ki C E Pu)
 	if [ -n "${BENCH_E2E_IDS:-}" ]; then read -r -a IDS <<<"$BENCH_E2E_IDS"; fi
+	for id in "${IDS[@]}"; do
+		case $id in A | B | M | Mo | Ku | Ki | C | E | Pu) ;; *) echo "bench.sh: unknown setup $id in BENCH_E2E_IDS" >&2; exit 1 ;; esac
+	done
 	want() { [[ " ${IDS[*]} " == *" $1 "* ]]; }
 	# if, not &&: a start that fails must stop the script (set -e)
 	if want A; then start_smtpd A ""; fi
