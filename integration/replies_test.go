@@ -32,7 +32,7 @@ import (
 //	policy   ... -discard junk -quarantine reject -envelope-change ignore
 //	leadspc  filter-milter -milter <actions milter --leadspc>  (SMFIP_HDR_LEADSPC)
 //
-// The README's tables of answers × stages and modifications are backed by these rows.
+// The tables of answers × stages and modifications in docs/replies.md are backed by these rows.
 func TestReplies(t *testing.T) {
 	forEachSMTPD(t, func(t *testing.T, v harness.SMTPDVersion) {
 		t.Parallel()

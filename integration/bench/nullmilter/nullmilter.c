@@ -1,6 +1,6 @@
 /*
  * nullmilter - a libmilter milter that accepts everything and changes
- * nothing, for filter-milter's benchmarks (integration/bench.sh builds it;
+ * nothing, for filter-milter's benchmarks (integration/bench/bench.sh builds it;
  * it is not committed as a binary):
  *
  *	apt-get install -y libmilter-dev

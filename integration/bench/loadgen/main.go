@@ -1,10 +1,11 @@
 // Command loadgen measures an OpenSMTPD filter on its pipe, without smtpd:
 // it starts the filter process (filter-milter, built from ./cmd/filter-milter
 // unless -filter names a binary), plays smtpd's side of the filter protocol
-// (0.6, the line formats of Debian's smtpd 6.8 in testdata/transcripts),
-// and drives SMTP sessions through it as fast as the filter answers.
+// with package smtpdplay (0.6, the line formats of Debian's smtpd 6.8 in
+// testdata/transcripts), and drives SMTP sessions through it as fast as the
+// filter answers.
 //
-//	go run ./integration/loadgen -sessions 10 -messages 500 -size 2KB -concurrency 10 -milter unix:/run/null.sock [-floor]
+//	go run ./integration/bench/loadgen -sessions 10 -messages 500 -size 2KB -concurrency 10 -milter unix:/run/null.sock [-floor]
 //
 // Each session: link-connect and connect, link-greeting and ehlo, then per
 // message protocol-client MAIL and mail-from, tx-begin, RCPT and rcpt-to,
@@ -13,17 +14,20 @@
 // do in smtpd's lookup process), the final ".", and once the filter has
 // written every line back, commit; then tx-commit, tx-reset and finally
 // link-disconnect. Reports go out only for the events the filter registered,
-// requests only for the phases it registered, as smtpd does. Answers are
-// matched to sessions by session id; every data line that comes back is
-// checked (count and FNV-1a hash) against what was sent, and every answer
-// must be proceed.
+// requests only for the phases it registered, as smtpd does. Every request
+// carries a fresh token; smtpdplay checks each line the filter writes as
+// smtpd would, every data line that comes back (count and FNV-1a hash)
+// against what was sent, and every answer must be proceed.
 //
 // It prints messages/s, the p50 and p99 of the time from the "." sent to
 // the commit answer received, the filter process's peak RSS (VmHWM), and
 // CPU per message of the filter process (and of -milter-pid processes).
-// With -floor it runs integration/floorfilter (answers proceed, echoes data
+// With -floor it runs integration/bench/floorfilter (answers proceed, echoes data
 // lines) with the same load in the same run, -reps times alternating, and
-// prints the ratios of the medians.
+// prints the ratios of the medians. With -baseline BIN it runs another
+// filter-milter binary (an older revision, built by bench.sh from
+// BENCH_BASELINE) with the same arguments and load, alternating with the
+// current one, and prints the ratios new/old.
 //
 // With -inprocess the gateway runs inside loadgen (gateway.New + Run on
 // in-memory pipes) instead of as a process, and -cpuprofile writes a CPU
@@ -40,7 +44,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"hash/fnv"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -59,8 +62,9 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/filter-milter/filter-milter/gateway"
-	"github.com/filter-milter/filter-milter/integration/benchmsg"
+	"github.com/filter-milter/filter-milter/integration/bench/benchmsg"
 	"github.com/filter-milter/filter-milter/milter"
+	"github.com/filter-milter/filter-milter/smtpdplay"
 )
 
 type listFlag []string
@@ -102,7 +106,7 @@ type options struct {
 	size                                  int
 	milters, filterArgs                   listFlag
 	milterPIDs                            listFlag
-	filter, floorFilter                   string
+	filter, floorFilter, baseline         string
 	floor, inprocess                      bool
 	cpuprofile, memprofile, jsonOut       string
 	filterLog                             string
@@ -121,9 +125,10 @@ func main() {
 	flag.Var(&o.milters, "milter", "a milter socket for the filter (-milter SPEC of filter-milter); repeatable")
 	flag.StringVar(&o.filter, "filter", "", "the filter binary (default: build ./cmd/filter-milter into a temporary directory)")
 	flag.Var(&o.filterArgs, "filter-arg", "one more argument for the filter; repeatable")
-	flag.BoolVar(&o.floor, "floor", false, "also run the floor filter (integration/floorfilter) with the same load, and print the ratios")
-	flag.StringVar(&o.floorFilter, "floor-filter", "", "the floor filter binary (default: build ./integration/floorfilter)")
-	flag.IntVar(&o.reps, "reps", 1, "repetitions (with -floor, floor and filter alternate); medians are reported")
+	flag.BoolVar(&o.floor, "floor", false, "also run the floor filter (integration/bench/floorfilter) with the same load, and print the ratios")
+	flag.StringVar(&o.floorFilter, "floor-filter", "", "the floor filter binary (default: build ./integration/bench/floorfilter)")
+	flag.StringVar(&o.baseline, "baseline", "", "also run this filter-milter binary (an older revision) with the same arguments and load, and print the ratios new/old")
+	flag.IntVar(&o.reps, "reps", 1, "repetitions (with -floor or -baseline, the filters alternate); medians are reported")
 	flag.BoolVar(&o.inprocess, "inprocess", false, "run the gateway inside loadgen instead of a filter process")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "with -inprocess: write a CPU profile here (gateway goroutines labelled side=filter)")
 	flag.StringVar(&o.memprofile, "memprofile", "", "with -inprocess: write a heap profile here each time the RSS reaches a new high (at most every 500 ms)")
@@ -133,7 +138,7 @@ func main() {
 	flag.StringVar(&o.filterLog, "filter-log", "", "the filter's stderr (default: a file in the temporary directory, removed unless the run fails)")
 	flag.DurationVar(&o.timeout, "timeout", 15*time.Minute, "give up after this long")
 	flag.BoolVar(&o.quiet, "q", false, "print only the summary")
-	reportDir := flag.String("report", "", "instead of a run: write the report of integration/bench.sh's results in this directory to -out")
+	reportDir := flag.String("report", "", "instead of a run: write the report of integration/bench/bench.sh's results in this directory to -out")
 	reportOut := flag.String("out", "docs/benchmarks.md", "with -report: the report file")
 	flag.Parse()
 	if *reportDir != "" {
@@ -144,6 +149,10 @@ func main() {
 		return
 	}
 	o.size = int(sz)
+	if o.sessions < 1 || o.messages < 1 {
+		fmt.Fprintln(os.Stderr, "loadgen: -sessions and -messages must be at least 1")
+		os.Exit(2)
+	}
 	if o.concurrency <= 0 || o.concurrency > o.sessions {
 		o.concurrency = o.sessions
 	}
@@ -213,7 +222,7 @@ func run(o options) error {
 	if o.floor {
 		floorBin = o.floorFilter
 		if floorBin == "" {
-			if floorBin, err = build(tmp, "./integration/floorfilter", "floorfilter"); err != nil {
+			if floorBin, err = build(tmp, "./integration/bench/floorfilter", "floorfilter"); err != nil {
 				return err
 			}
 		}
@@ -237,6 +246,9 @@ func run(o options) error {
 		if o.floor {
 			order = append(order, "floor")
 		}
+		if o.baseline != "" {
+			order = append(order, "baseline")
+		}
 		order = append(order, "filter-milter")
 		if rep%2 == 1 {
 			slices.Reverse(order)
@@ -247,15 +259,12 @@ func run(o options) error {
 			switch {
 			case name == "floor":
 				t, err = startProcess(tmp, "floor", floorBin, nil, o.filterLog, nil)
+			case name == "baseline":
+				t, err = startProcess(tmp, "baseline", o.baseline, filterArgs(o), o.filterLog, o.milterPIDs)
 			case o.inprocess:
 				t, err = startInProcess(o.milters, o.cpuprofile, rep)
 			default:
-				args := []string{}
-				for _, m := range o.milters {
-					args = append(args, "-milter", m)
-				}
-				args = append(args, o.filterArgs...)
-				t, err = startProcess(tmp, "filter-milter", filterBin, args, o.filterLog, o.milterPIDs)
+				t, err = startProcess(tmp, "filter-milter", filterBin, filterArgs(o), o.filterLog, o.milterPIDs)
 			}
 			if err != nil {
 				return err
@@ -278,7 +287,7 @@ func run(o options) error {
 	}
 	if o.reps > 1 {
 		fmt.Printf("medians of %d runs:\n", o.reps)
-		for _, name := range []string{"floor", "filter-milter"} {
+		for _, name := range []string{"floor", "baseline", "filter-milter"} {
 			if r, ok := sum.Median[name]; ok {
 				printResult(r)
 			}
@@ -295,6 +304,11 @@ func run(o options) error {
 		fmt.Printf("ratio filter-milter/floor: throughput %.2f, CPU per message %.2f (filter process only: %.2f), p50 %.2f\n",
 			ratio["throughput"], ratio["cpu_per_msg"], f.FilterCPUms/fl.FilterCPUms, ratio["p50"])
 	}
+	if o.baseline != "" {
+		f, old := sum.Median["filter-milter"], sum.Median["baseline"]
+		fmt.Printf("ratio new/old (filter-milter/baseline): throughput %.2f, filter CPU per message %.2f, p50 %.2f\n",
+			f.MsgsPerSec/old.MsgsPerSec, f.FilterCPUms/old.FilterCPUms, f.P50ms/old.P50ms)
+	}
 	if o.jsonOut != "" {
 		b, _ := json.MarshalIndent(sum, "", "  ")
 		if err := os.WriteFile(o.jsonOut, append(b, '\n'), 0o644); err != nil {
@@ -302,6 +316,16 @@ func run(o options) error {
 		}
 	}
 	return nil
+}
+
+// filterArgs are the arguments of a filter-milter process: its milters,
+// then -filter-arg's.
+func filterArgs(o options) []string {
+	var args []string
+	for _, m := range o.milters {
+		args = append(args, "-milter", m)
+	}
+	return append(args, o.filterArgs...)
 }
 
 func printResult(r result) {
@@ -542,66 +566,24 @@ func procStatus(pid int, field string) int {
 	return 0
 }
 
-// message is the data lines of one message, and what comes back.
+// message is the benchmark message (package benchmsg): its data lines as
+// smtpd sends them, dot-stuffed, and its size as queued.
 type message struct {
 	lines [][]byte
-	hash  uint64 // FNV-1a of every line followed by '\n'
-	size  int    // bytes as queued (CRLF line ends)
+	size  int // bytes as queued (CRLF line ends)
 }
 
-// newMessage builds the benchmark message of about size bytes (package
-// benchmsg) and its hash.
 func newMessage(size int) message {
 	lines, queued := benchmsg.Lines(size)
-	m := message{lines: lines, size: queued}
-	h := fnv.New64a()
-	for _, l := range lines {
-		h.Write(l)
-		h.Write([]byte{'\n'})
-	}
-	m.hash = h.Sum64()
-	return m
+	return message{lines: lines, size: queued}
 }
 
-// smtpd is loadgen's side of one filter.
-type smtpd struct {
-	t       target
-	phases  map[string]bool
-	reports map[string]bool
-	allRep  bool
-
-	wch  chan *[]byte // batches of lines for the writer
-	wErr atomic.Value
-
-	mu   sync.RWMutex
-	sess map[[16]byte]*session
-}
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 80<<10); return &b }}
-
-type answer struct {
-	dot   bool
-	lines int
-	hash  uint64
-	text  string // a filter-result other than proceed; "" for proceed
-}
-
-type session struct {
-	id    [16]byte
-	ch    chan answer
-	lines int    // the reader's: data lines echoed in the current message
-	hash  uint64 // the reader's: FNV-1a of them
-	lat   []time.Duration
-}
-
-const (
-	fnvOffset = 14695981039346656037
-	fnvPrime  = 1099511628211
-)
+// answerWait bounds each wait for the filter (an answer, the echo of a
+// message, the end of its output): a hung filter fails the run instead of
+// hanging it. A 10 MB message among a thousand in flight can take minutes.
+const answerWait = 5 * time.Minute
 
 func drive(ctx context.Context, o options, t target, msg message) (result, error) {
-	s := &smtpd{t: t, phases: map[string]bool{}, reports: map[string]bool{}, wch: make(chan *[]byte, 64),
-		sess: map[[16]byte]*session{}}
 	cpuMilters0 := map[int]time.Duration{}
 	for _, p := range t.milters {
 		c, err := procCPU(p)
@@ -610,16 +592,13 @@ func drive(ctx context.Context, o options, t target, msg message) (result, error
 		}
 		cpuMilters0[p] = c
 	}
-	rd := t.out.(*bufio.Reader)
-	if err := s.handshake(rd); err != nil {
+	// smtpd 6.8 (protocol 0.6), the version of Debian's transcripts
+	p, err := smtpdplay.Start(t.in, t.out, smtpdplay.Config{Admd: "mx.bench.example", Wait: answerWait})
+	if err != nil {
 		_ = t.in.Close()
 		_, ferr := t.finish()
 		return result{}, errors.Join(err, ferr)
 	}
-	writerDone := make(chan struct{})
-	go s.writer(writerDone)
-	readerDone := make(chan error, 1)
-	go func() { readerDone <- s.read(rd) }()
 
 	// Watch the filter's memory.
 	var peakRSS atomic.Int64
@@ -666,25 +645,37 @@ func drive(ctx context.Context, o options, t target, msg message) (result, error
 	errc := make(chan error, o.concurrency)
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	var all []*session
-	var allMu sync.Mutex
+	var lat []time.Duration // "." sent to commit answered, of every message
+	var latMu sync.Mutex
 	for w := 0; w < o.concurrency; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
-				n := next.Add(1)
-				if n > int64(o.sessions) {
+			// A worker plays its sessions one after the other on one
+			// smtpdplay.Session, renewed (a fresh id) for each.
+			sc := newScript(p, msg.size)
+			var s *smtpdplay.Session
+			var mine []time.Duration
+			defer func() {
+				latMu.Lock()
+				lat = append(lat, mine...)
+				latMu.Unlock()
+			}()
+			for next.Add(1) <= int64(o.sessions) {
+				if s == nil {
+					s = p.NewSession()
+				} else if err := s.Renew(); err != nil {
+					errc <- err
 					return
 				}
-				ss := &session{ch: make(chan answer, 8)}
-				copy(ss.id[:], fmt.Sprintf("%08x%08x", rand.Uint32(), uint32(n)))
-				allMu.Lock()
-				all = append(all, ss)
-				allMu.Unlock()
-				if err := s.session(ctx, ss, o.messages, msg, &sent, &committed); err != nil {
-					errc <- fmt.Errorf("session %s: %w", ss.id, err)
+				if err := sc.play(s, o.messages, msg, &sent, &committed, &mine); err != nil {
+					errc <- err
 					return
+				}
+			}
+			if s != nil {
+				if err := s.End(); err != nil {
+					errc <- err
 				}
 			}
 		}()
@@ -736,25 +727,16 @@ func drive(ctx context.Context, o options, t target, msg message) (result, error
 				stopped, sentAtEnd, elapsed.Seconds(), n),
 		}, nil
 	}
-	if err, _ := s.wErr.Load().(error); err != nil {
-		return result{}, err
-	}
-	close(s.wch)
-	<-writerDone
-	_ = t.in.Close()
-	// The filter ends once it has read everything: its stdout closes (the
-	// reader sees EOF) before it exits, and only then may Wait close the pipe.
-	rerr := <-readerDone
+	// Close closes the filter's stdin and waits for its stdout to end: the
+	// filter closes it once it has answered everything, before it exits,
+	// and only then may finish's Wait close the pipe.
+	perr := p.Close()
 	cpu, err := t.finish()
 	if err != nil {
 		return result{}, err
 	}
-	if rerr != nil {
-		return result{}, rerr
-	}
-	var lat []time.Duration
-	for _, ss := range all {
-		lat = append(lat, ss.lat...)
+	if perr != nil {
+		return result{}, perr
 	}
 	slices.Sort(lat)
 	pct := func(p float64) float64 {
@@ -776,284 +758,95 @@ func drive(ctx context.Context, o options, t target, msg message) (result, error
 	return r, nil
 }
 
-// handshake sends smtpd 6.8's configuration and reads the registrations.
-func (s *smtpd) handshake(rd *bufio.Reader) error {
-	if _, err := io.WriteString(s.t.in, "config|smtpd-version|6.8.0p2\nconfig|smtp-session-timeout|300\n"+
-		"config|subsystem|smtp-in\nconfig|admd|mx.bench.example\nconfig|ready\n"); err != nil {
-		return fmt.Errorf("handshake: %w", err)
-	}
-	for {
-		l, err := rd.ReadString('\n')
-		if err != nil {
-			return fmt.Errorf("handshake: reading the filter's registrations: %w", err)
-		}
-		l = strings.TrimSuffix(l, "\n")
-		if l == "register|ready" {
-			return nil
-		}
-		f := strings.Split(l, "|")
-		if len(f) != 4 || f[0] != "register" || f[2] != "smtp-in" {
-			return fmt.Errorf("handshake: unexpected line %q", l)
-		}
-		switch f[1] {
-		case "filter":
-			s.phases[f[3]] = true
-		case "report":
-			if f[3] == "*" {
-				s.allRep = true
-			}
-			s.reports[f[3]] = true
-		}
-	}
+// script is one SMTP session as smtpd 6.8 reports and filters it,
+// encoded once per worker (smtpdplay.Steps leaves out the reports and
+// requests the filter did not register, as smtpd does): link-connect and
+// connect, link-greeting and ehlo, then per message MAIL, tx-begin and
+// RCPT, DATA, tx-data, the data lines (PlayMessage), "." and commit, then
+// tx-commit and tx-reset; finally QUIT and link-disconnect.
+type script struct {
+	connect, ehlo       *smtpdplay.Step
+	firstMail, nextMail *smtpdplay.Step // nextMail first ends the previous transaction
+	rcpt, data, txData  *smtpdplay.Step
+	commit              *smtpdplay.Step
+	quit, disconnect    *smtpdplay.Step
 }
 
-// writer owns the filter's stdin: batches go out whole, and the buffer is
-// flushed whenever nothing more is queued.
-func (s *smtpd) writer(done chan struct{}) {
-	defer close(done)
-	bw := bufio.NewWriterSize(s.t.in, 256<<10)
-	failed := false
-	for b := range s.wch {
-		if !failed {
-			if _, err := bw.Write(*b); err != nil {
-				s.wErr.Store(fmt.Errorf("writing to the filter: %w", err))
-				failed = true
-			} else if len(s.wch) == 0 {
-				if err := bw.Flush(); err != nil {
-					s.wErr.Store(fmt.Errorf("writing to the filter: %w", err))
-					failed = true
-				}
-			}
-		}
-		*b = (*b)[:0]
-		bufPool.Put(b)
+func newScript(p *smtpdplay.Player, size int) script {
+	msgid := fmt.Sprintf("%08x", rand.Uint32())
+	b := p.NewSteps()
+	var sc script
+	b.Report("link-connect", "localhost", "pass", "127.0.0.1:50230", "127.0.0.1:2525")
+	sc.connect = b.Request("connect", "localhost|127.0.0.1")
+	b.Report("link-greeting", "mx.bench.example")
+	b.Report("protocol-client", "EHLO client.bench.example")
+	sc.ehlo = b.Request("ehlo", "client.bench.example")
+	mail := func() *smtpdplay.Step {
+		b.Report("protocol-client", fmt.Sprintf("MAIL FROM:<sender@bench.example> SIZE=%d", size))
+		return b.Request("mail-from", "sender@bench.example")
 	}
-	if !failed {
-		_ = bw.Flush()
+	endTx := func() {
+		b.Report("tx-commit", msgid, strconv.Itoa(size))
+		b.Report("tx-reset", msgid)
 	}
+	sc.firstMail = mail()
+	endTx()
+	sc.nextMail = mail()
+	b.Report("tx-begin", msgid)
+	b.Report("tx-mail", msgid, "ok", "sender@bench.example")
+	b.Report("protocol-client", "RCPT TO:<rcpt@bench.example>")
+	sc.rcpt = b.Request("rcpt-to", "rcpt@bench.example")
+	b.Report("tx-envelope", msgid, msgid+"0924d652")
+	b.Report("tx-rcpt", msgid, "ok", "rcpt@bench.example")
+	b.Report("protocol-client", "DATA")
+	sc.data = b.Request("data", "")
+	b.Report("tx-data", msgid, "ok")
+	sc.txData = b.Flush()
+	b.Report("protocol-client", ".")
+	sc.commit = b.Request("commit", "")
+	endTx()
+	b.Report("protocol-client", "QUIT")
+	sc.quit = b.Request("quit", "")
+	b.Report("link-disconnect")
+	sc.disconnect = b.Flush()
+	return sc
 }
 
-// read dispatches the filter's lines to their sessions.
-func (s *smtpd) read(rd *bufio.Reader) error {
-	var long []byte
-	for {
-		l, err := rd.ReadSlice('\n')
-		if err == bufio.ErrBufferFull {
-			long = append(long, l...)
-			continue
-		}
-		if err != nil {
-			if err == io.EOF {
-				return nil
-			}
+// play plays one SMTP session with n messages (at least one) on s, and
+// appends each message's time from "." sent to commit answered to lat.
+func (sc script) play(s *smtpdplay.Session, n int, msg message, sent, committed *atomic.Int64, lat *[]time.Duration) error {
+	for _, st := range []*smtpdplay.Step{sc.connect, sc.ehlo} {
+		if err := s.Play(st); err != nil {
 			return err
 		}
-		if long != nil {
-			l = append(long, l...)
-			long = nil
-		}
-		l = l[:len(l)-1]
-		if err := s.dispatch(l); err != nil {
-			return err
-		}
-	}
-}
-
-func (s *smtpd) dispatch(l []byte) error {
-	var rest []byte
-	dataline := false
-	switch {
-	case bytes.HasPrefix(l, []byte("filter-dataline|")):
-		rest, dataline = l[len("filter-dataline|"):], true
-	case bytes.HasPrefix(l, []byte("filter-result|")):
-		rest = l[len("filter-result|"):]
-	default:
-		// smtpd would die on anything else (a report| line above all).
-		return fmt.Errorf("the filter wrote a line smtpd does not take: %q", l)
-	}
-	if len(rest) < 34 || rest[16] != '|' || rest[33] != '|' {
-		return fmt.Errorf("malformed line from the filter: %q", l)
-	}
-	var id [16]byte
-	copy(id[:], rest)
-	s.mu.RLock()
-	ss := s.sess[id]
-	s.mu.RUnlock()
-	if ss == nil {
-		return fmt.Errorf("answer for an unknown session: %q", l)
-	}
-	payload := rest[34:]
-	switch {
-	case dataline && len(payload) == 1 && payload[0] == '.':
-		ss.ch <- answer{dot: true, lines: ss.lines, hash: ss.hash}
-		ss.lines, ss.hash = 0, fnvOffset
-	case dataline:
-		h := ss.hash
-		for _, c := range payload {
-			h = (h ^ uint64(c)) * fnvPrime
-		}
-		ss.hash = (h ^ '\n') * fnvPrime
-		ss.lines++
-	case string(payload) == "proceed":
-		ss.ch <- answer{}
-	default:
-		ss.ch <- answer{text: string(payload)}
-	}
-	return nil
-}
-
-// session plays one SMTP session with n messages.
-func (s *smtpd) session(ctx context.Context, ss *session, n int, msg message, sent, committed *atomic.Int64) error {
-	ss.hash = fnvOffset
-	s.mu.Lock()
-	s.sess[ss.id] = ss
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.sess, ss.id)
-		s.mu.Unlock()
-	}()
-	sid := string(ss.id[:])
-	var tokN uint32
-	b := s.batch()
-	ts := func() string {
-		now := time.Now()
-		return fmt.Sprintf("%d.%06d", now.Unix(), now.Nanosecond()/1000)
-	}
-	rep := func(event, params string) {
-		if s.allRep || s.reports[event] {
-			*b = fmt.Appendf(*b, "report|0.6|%s|smtp-in|%s|%s%s\n", ts(), event, sid, params)
-		}
-	}
-	// req adds a filter request and reports whether the filter registered
-	// the phase (and so will answer it).
-	req := func(phase, param string) bool {
-		if !s.phases[phase] {
-			return false
-		}
-		tokN++
-		*b = fmt.Appendf(*b, "filter|0.6|%s|smtp-in|%s|%s|%08x%08x|%s\n", ts(), phase, sid, rand.Uint32(), tokN, param)
-		return true
-	}
-	await := func(what string) error {
-		s.send(b)
-		b = s.batch()
-		t := time.NewTimer(2 * time.Minute)
-		defer t.Stop()
-		select {
-		case a := <-ss.ch:
-			if a.dot {
-				return fmt.Errorf("%s: data lines came back instead of an answer", what)
-			}
-			if a.text != "" {
-				return fmt.Errorf("%s: the filter answered %q", what, a.text)
-			}
-			return nil
-		case <-t.C:
-			return fmt.Errorf("%s: no answer within 2 minutes", what)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	step := func(what string, asked bool) error {
-		if !asked {
-			return nil
-		}
-		return await(what)
-	}
-	rep("link-connect", "|localhost|pass|127.0.0.1:50230|127.0.0.1:2525")
-	if err := step("connect", req("connect", "localhost|127.0.0.1")); err != nil {
-		return err
-	}
-	rep("link-greeting", "|mx.bench.example")
-	rep("protocol-client", "|EHLO client.bench.example")
-	if err := step("ehlo", req("ehlo", "client.bench.example")); err != nil {
-		return err
 	}
 	for m := 0; m < n; m++ {
-		msgid := fmt.Sprintf("%08x", rand.Uint32())
-		rep("protocol-client", fmt.Sprintf("|MAIL FROM:<sender@bench.example> SIZE=%d", msg.size))
-		if err := step("mail-from", req("mail-from", "sender@bench.example")); err != nil {
-			return err
+		mail := sc.nextMail
+		if m == 0 {
+			mail = sc.firstMail
 		}
-		rep("tx-begin", "|"+msgid)
-		rep("tx-mail", "|"+msgid+"|ok|sender@bench.example")
-		rep("protocol-client", "|RCPT TO:<rcpt@bench.example>")
-		if err := step("rcpt-to", req("rcpt-to", "rcpt@bench.example")); err != nil {
-			return err
-		}
-		rep("tx-envelope", "|"+msgid+"|"+msgid+"0924d652")
-		rep("tx-rcpt", "|"+msgid+"|ok|rcpt@bench.example")
-		rep("protocol-client", "|DATA")
-		if err := step("data", req("data", "")); err != nil {
-			return err
-		}
-		rep("tx-data", "|"+msgid+"|ok")
-		var t0 time.Time
-		if s.phases["data-line"] {
-			tokN++
-			prefix := fmt.Appendf(nil, "filter|0.6|%s|smtp-in|data-line|%s|%08x%08x|", ts(), sid, rand.Uint32(), tokN)
-			for _, l := range msg.lines {
-				*b = append(*b, prefix...)
-				*b = append(*b, l...)
-				*b = append(*b, '\n')
-				sent.Add(int64(len(l)))
-				if len(*b) >= 64<<10 {
-					s.send(b)
-					b = s.batch()
-				}
+		for _, st := range []*smtpdplay.Step{mail, sc.rcpt, sc.data, sc.txData} {
+			if err := s.Play(st); err != nil {
+				return err
 			}
-			*b = append(*b, prefix...)
-			*b = append(*b, ".\n"...)
-			t0 = time.Now()
-			s.send(b)
-			b = s.batch()
-			t := time.NewTimer(5 * time.Minute)
-			select {
-			case a := <-ss.ch:
-				t.Stop()
-				if !a.dot {
-					return fmt.Errorf("data lines: got an answer %q before the final \".\"", a.text)
-				}
-				if a.lines != len(msg.lines) || a.hash != msg.hash {
-					return fmt.Errorf("data lines: %d came back (hash %x), want %d (hash %x): the filter changed the message",
-						a.lines, a.hash, len(msg.lines), msg.hash)
-				}
-			case <-t.C:
-				return errors.New("data lines: the final \".\" did not come back within 5 minutes")
-			case <-ctx.Done():
-				t.Stop()
-				return ctx.Err()
-			}
-		} else {
-			t0 = time.Now()
 		}
-		rep("protocol-client", "|.")
-		if err := step("commit", req("commit", "")); err != nil {
+		t0 := time.Now() // a filter without data-line: from here
+		if err := s.PlayMessage(msg.lines, func(dataBytes int) {
+			sent.Add(int64(dataBytes))
+			t0 = time.Now() // the last call follows the write of "."
+		}); err != nil {
 			return err
 		}
-		ss.lat = append(ss.lat, time.Since(t0))
+		if err := s.Play(sc.commit); err != nil {
+			return err
+		}
+		*lat = append(*lat, time.Since(t0))
 		committed.Add(1)
-		rep("tx-commit", fmt.Sprintf("|%s|%d", msgid, msg.size))
-		rep("tx-reset", "|"+msgid)
 	}
-	rep("protocol-client", "|QUIT")
-	if s.phases["quit"] {
-		if err := step("quit", req("quit", "")); err != nil {
+	for _, st := range []*smtpdplay.Step{sc.quit, sc.disconnect} {
+		if err := s.Play(st); err != nil {
 			return err
 		}
 	}
-	rep("link-disconnect", "")
-	s.send(b)
 	return nil
-}
-
-func (s *smtpd) batch() *[]byte { return bufPool.Get().(*[]byte) }
-
-func (s *smtpd) send(b *[]byte) {
-	if len(*b) == 0 {
-		bufPool.Put(b)
-		return
-	}
-	s.wch <- b
 }

@@ -1,5 +1,5 @@
 #!/bin/bash
-# integration/bench.sh — filter-milter's performance measurements, written
+# integration/bench/bench.sh — filter-milter's performance measurements, written
 # to docs/benchmarks.md. Run as root on Debian bookworm, from the repository
 # (make bench). About 12-15 minutes. It installs what it needs with apt-get
 # (libmilter-dev, opensmtpd-filter-dkimsign) and unpacks Postfix with
@@ -16,6 +16,11 @@
 #      filter-milter + null milter, with filter-milter + opendkim (unix and
 #      inet), with filter-dkimsign; Postfix without milter and with opendkim
 #      (unix). smtp-source from the Postfix package is the client.
+#   4. With BENCH_BASELINE: the same tree's filter-milter against the one
+#      built from that revision, in the same run, interleaved: loadgen (the
+#      pipe harness, null milter) and end to end (setup Mo, the baseline
+#      binary with its own null milter, next to M), 2 KB and 100 KB; the
+#      report's first section gives new/old for each.
 #
 # Environment:
 #   BENCH_OUT=FILE       the report (default docs/benchmarks.md in the repository)
@@ -26,11 +31,16 @@
 #   BENCH_MEM_SESSIONS=N sessions of the memory check (default 1000), BENCH_MEM_SIZE (default 10MB),
 #   BENCH_MEM_MAXRSS=MiB where the memory check stops (default 1024)
 #   BENCH_KEEP=1         keep the work directory (configs, logs, raw results)
-#   BENCH_SKIP=a,b       skip parts: gobench, loadgen, profile, memory, e2e
+#   BENCH_SKIP=a,b       skip parts: gobench, loadgen, profile, memory, e2e, compare
+#   BENCH_BASELINE=REV   a git revision (commit, tag, branch) of filter-milter to
+#                        measure against the current tree (part 4)
+#   BENCH_E2E_IDS="M Mo" the end-to-end setups to run (default all: A B M Ku Ki C E Pu,
+#                        and Mo with BENCH_BASELINE). Old against new alone, quickly:
+#     BENCH_BASELINE=main BENCH_SKIP=gobench,loadgen,profile,memory BENCH_E2E_IDS="M Mo" integration/bench/bench.sh
 set -euo pipefail
 
 if [ "$(id -u)" != 0 ]; then echo "bench.sh: run as root" >&2; exit 1; fi
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${BENCH_OUT:-$ROOT/docs/benchmarks.md}
 REPS=${BENCH_REPS:-3}
 N2K=${BENCH_N2K:-3000}
@@ -39,6 +49,7 @@ GOTIME=${BENCH_GOTIME:-1s}
 MEM_SESSIONS=${BENCH_MEM_SESSIONS:-1000}
 MEM_SIZE=${BENCH_MEM_SIZE:-10MB}
 SKIP=",${BENCH_SKIP:-},"
+BASELINE=${BENCH_BASELINE:-}
 export PATH=/usr/local/go/bin:$PATH:/usr/sbin:/sbin
 export GOFLAGS=${GOFLAGS:-}
 
@@ -50,7 +61,7 @@ CG=/sys/fs/cgroup/cpuacct
 PIDS=()          # every daemon this script started, stopped by PID at the end
 CGROUPS=()
 START_TS=$(date +%s)
-CMDLINE="integration/bench.sh $*"
+CMDLINE="integration/bench/bench.sh $*"
 log() { printf '%s %s\n' "$(date +%T)" "$*" | tee -a "$W/logs/bench.log" >&2; }
 skip() { [[ "$SKIP" == *",$1,"* ]]; }
 
@@ -97,10 +108,20 @@ SMTPSOURCE() { LD_LIBRARY_PATH=$PFROOT/usr/lib/postfix "$PFROOT/usr/sbin/smtp-so
 
 log "building filter-milter, floorfilter, loadgen, nullmilter"
 (cd "$ROOT" && go build -buildvcs=false -o "$W/bin/filter-milter" ./cmd/filter-milter &&
-	go build -buildvcs=false -o "$W/bin/floorfilter" ./integration/floorfilter &&
-	go build -buildvcs=false -o "$W/bin/loadgen" ./integration/loadgen) >"$W/logs/build.log" 2>&1 ||
+	go build -buildvcs=false -o "$W/bin/floorfilter" ./integration/bench/floorfilter &&
+	go build -buildvcs=false -o "$W/bin/loadgen" ./integration/bench/loadgen) >"$W/logs/build.log" 2>&1 ||
 	{ cat "$W/logs/build.log" >&2; exit 1; }
-cc -O2 -o "$W/bin/nullmilter" "$ROOT/integration/nullmilter/nullmilter.c" -lmilter -lpthread
+cc -O2 -o "$W/bin/nullmilter" "$ROOT/integration/bench/nullmilter/nullmilter.c" -lmilter -lpthread
+if [ -n "$BASELINE" ]; then
+	# the baseline's sources from git (not the work tree), built with the
+	# same Go and module cache as the current tree
+	BASEREV=$(git -C "$ROOT" rev-parse --short "$BASELINE^{commit}")
+	log "building the baseline filter-milter $BASELINE ($BASEREV)"
+	mkdir -p "$W/baseline"
+	git -C "$ROOT" archive "$BASEREV" | tar -x -C "$W/baseline"
+	(cd "$W/baseline" && go build -buildvcs=false -o "$W/bin/filter-milter-old" ./cmd/filter-milter) >>"$W/logs/build.log" 2>&1 ||
+		{ cat "$W/logs/build.log" >&2; exit 1; }
+fi
 chmod 755 "$W"/bin/*
 
 # free TCP ports on 127.0.0.1, from 28700 up
@@ -176,10 +197,11 @@ start_null null_lg "unix:$W/run/null-lg.sock"
 start_null null_lgi "inet:$NULLI_PORT@127.0.0.1"
 start_null null_e2e "unix:$W/run/null-e2e.sock"
 start_null null_eom "unix:$W/run/null-eom.sock" eom
+if [ -n "$BASELINE" ]; then start_null null_e2e_old "unix:$W/run/null-e2e-old.sock"; fi
 start_opendkim odk_u "local:$W/run/odk-u.sock"
 start_opendkim odk_i "inet:$ODKI_PORT@127.0.0.1"
 start_opendkim odk_pu "local:$W/run/odk-pu.sock"
-for s in "$W/run/null-lg.sock" "$W/run/null-e2e.sock" "$W/run/null-eom.sock" "$W/run/odk-u.sock" "$W/run/odk-pu.sock" "$NULLI_PORT" "$ODKI_PORT"; do waitsock "$s"; done
+for s in ${BASELINE:+"$W/run/null-e2e-old.sock"} "$W/run/null-lg.sock" "$W/run/null-e2e.sock" "$W/run/null-eom.sock" "$W/run/odk-u.sock" "$W/run/odk-pu.sock" "$NULLI_PORT" "$ODKI_PORT"; do waitsock "$s"; done
 
 # ---------------------------------------------------------------- 1. Go benchmarks
 if ! skip gobench; then
@@ -207,6 +229,11 @@ if ! skip loadgen; then
 	# the null milter asking for end of message only: one round trip per message
 	lgrun 2k-unix-eom -q -floor -reps "$REPS" -sessions 10 -messages 500 -size 2KB -milter "unix:$W/run/null-eom.sock" -milter-pid "$PID_null_eom"
 fi
+if [ -n "$BASELINE" ] && ! skip compare; then
+	# old and new alternate inside each loadgen invocation
+	lgrun cmp-2k -q -reps "$REPS" -sessions 10 -messages 500 -size 2KB -baseline "$W/bin/filter-milter-old" -milter "unix:$W/run/null-lg.sock" -milter-pid "$PID_null_lg"
+	lgrun cmp-100k -q -reps "$REPS" -sessions 10 -messages 50 -size 100KB -baseline "$W/bin/filter-milter-old" -milter "unix:$W/run/null-lg.sock" -milter-pid "$PID_null_lg"
+fi
 if ! skip profile; then
 	lgrun prof-2k -inprocess -sessions 20 -messages 400 -size 2KB -milter "unix:$W/run/null-lg.sock" -cpuprofile "$W/res/cpu-2k.prof"
 	lgrun prof-100k -inprocess -sessions 10 -messages 60 -size 100KB -milter "unix:$W/run/null-lg.sock" -cpuprofile "$W/res/cpu-100k.prof"
@@ -229,6 +256,9 @@ fi
 # OpenSMTPD instances, each in its own mount namespace: tmpfs spool and
 # /run (queue and control socket), a resolv.conf that answers from
 # /etc/hosts first and fails at once otherwise (no resolver stalls).
+# /var/spool/smtpd must exist on the host as a mount point (a fresh opensmtpd
+# install may not have made it yet), as in integration/harness.
+mkdir -p -m 0711 /var/spool/smtpd
 cat >"$W/cfg/resolv.conf" <<EOF
 lookup file bind
 nameserver 127.0.0.9
@@ -428,19 +458,38 @@ e2erun() {
 if ! skip e2e; then
 	log "end to end: starting the MTAs"
 	FM=$W/bin/filter-milter
-	start_smtpd A ""
-	start_smtpd B "filter \"f\" proc-exec \"$W/bin/floorfilter\""
-	start_smtpd M "filter \"f\" proc-exec \"$FM -milter unix:$W/run/null-e2e.sock\""
-	MILTERCG[M]=null_e2e
-	start_smtpd Ku "filter \"f\" proc-exec \"$FM -milter unix:$W/run/odk-u.sock\""
-	MILTERCG[Ku]=odk_u
-	start_smtpd Ki "filter \"f\" proc-exec \"$FM -milter inet:127.0.0.1:$ODKI_PORT\""
-	MILTERCG[Ki]=odk_i
-	start_smtpd C "filter \"f\" proc-exec \"/usr/libexec/opensmtpd/filter-dkimsign -c relaxed/relaxed -d bench.example -s bench -k $W/keys/dkimsign.key\" user _dkimsign group _dkimsign"
-	start_postfix E ""
-	start_postfix Pu "unix:$W/run/odk-pu.sock"
-	MILTERCG[Pu]=odk_pu
-	IDS=(A B M Ku Ki C E Pu)
+	IDS=(A B M ${BASELINE:+Mo} Ku Ki C E Pu)
+	if [ -n "${BENCH_E2E_IDS:-}" ]; then read -r -a IDS <<<"$BENCH_E2E_IDS"; fi
+	for id in "${IDS[@]}"; do
+		case $id in A | B | M | Mo | Ku | Ki | C | E | Pu) ;; *) echo "bench.sh: unknown setup $id in BENCH_E2E_IDS" >&2; exit 1 ;; esac
+	done
+	want() { [[ " ${IDS[*]} " == *" $1 "* ]]; }
+	# if, not &&: a start that fails must stop the script (set -e)
+	if want A; then start_smtpd A ""; fi
+	if want B; then start_smtpd B "filter \"f\" proc-exec \"$W/bin/floorfilter\""; fi
+	if want M; then
+		start_smtpd M "filter \"f\" proc-exec \"$FM -milter unix:$W/run/null-e2e.sock\""
+		MILTERCG[M]=null_e2e
+	fi
+	if want Mo; then
+		[ -n "$BASELINE" ] || { echo "bench.sh: setup Mo needs BENCH_BASELINE" >&2; exit 1; }
+		start_smtpd Mo "filter \"f\" proc-exec \"$W/bin/filter-milter-old -milter unix:$W/run/null-e2e-old.sock\""
+		MILTERCG[Mo]=null_e2e_old
+	fi
+	if want Ku; then
+		start_smtpd Ku "filter \"f\" proc-exec \"$FM -milter unix:$W/run/odk-u.sock\""
+		MILTERCG[Ku]=odk_u
+	fi
+	if want Ki; then
+		start_smtpd Ki "filter \"f\" proc-exec \"$FM -milter inet:127.0.0.1:$ODKI_PORT\""
+		MILTERCG[Ki]=odk_i
+	fi
+	if want C; then start_smtpd C "filter \"f\" proc-exec \"/usr/libexec/opensmtpd/filter-dkimsign -c relaxed/relaxed -d bench.example -s bench -k $W/keys/dkimsign.key\" user _dkimsign group _dkimsign"; fi
+	if want E; then start_postfix E ""; fi
+	if want Pu; then
+		start_postfix Pu "unix:$W/run/odk-pu.sock"
+		MILTERCG[Pu]=odk_pu
+	fi
 	# one warm-up message each (first connections, filter start-up)
 	for id in "${IDS[@]}"; do SMTPSOURCE -l 2048 -m 2 -s 1 -f sender@bench.example -t rcpt@bench.example "127.0.0.1:${PORT[$id]}" >/dev/null 2>&1 || log "warm-up $id failed"; done
 	for rep in $(seq "$REPS"); do
@@ -480,12 +529,13 @@ DIRTY=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -v '^??' | wc -l ||
 	echo "postfix=$PFVER"
 	echo "perf=$(perf stat -e instructions true 2>&1 | grep -E 'instructions' | sed 's/  */ /g' | head -1 || echo 'perf not installed')"
 	echo "commit=$COMMIT"
+	echo "baseline=${BASEREV:-}"
 	echo "dirty=$DIRTY"
 	echo "load=$(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "minutes=$((($(date +%s) - START_TS + 59) / 60))"
 	echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
 	echo "command=$CMDLINE"
-	echo "settings=BENCH_REPS=$REPS BENCH_N2K=$N2K BENCH_N100K=$N100K BENCH_GOTIME=$GOTIME BENCH_MEM_SESSIONS=$MEM_SESSIONS BENCH_MEM_SIZE=$MEM_SIZE${BENCH_SKIP:+ BENCH_SKIP=$BENCH_SKIP}"
+	echo "settings=BENCH_REPS=$REPS BENCH_N2K=$N2K BENCH_N100K=$N100K BENCH_GOTIME=$GOTIME BENCH_MEM_SESSIONS=$MEM_SESSIONS BENCH_MEM_SIZE=$MEM_SIZE${BENCH_SKIP:+ BENCH_SKIP=$BENCH_SKIP}${BASELINE:+ BENCH_BASELINE=$BASELINE}${BENCH_E2E_IDS:+ BENCH_E2E_IDS=\"$BENCH_E2E_IDS\"}"
 	echo "repsN=$REPS"
 	echo "gotime=$GOTIME"
 } >"$W/res/machine.txt"

@@ -1,5 +1,5 @@
 // Package benchmsg is the message that filter-milter's benchmarks send:
-// the gateway's Go benchmarks and the load generator (integration/loadgen)
+// the gateway's Go benchmarks and the load generator (integration/bench/loadgen)
 // use the same one, so that their figures compare.
 package benchmsg
 

@@ -1,6 +1,6 @@
 package main
 
-// loadgen -report DIR -out FILE turns the raw results integration/bench.sh
+// loadgen -report DIR -out FILE turns the raw results integration/bench/bench.sh
 // collects in DIR into docs/benchmarks.md.
 
 import (
@@ -34,8 +34,9 @@ type e2eRun struct {
 
 var setups = []struct{ id, name string }{
 	{"A", "OpenSMTPD, no filter"},
-	{"B", "OpenSMTPD + floor filter (integration/floorfilter)"},
+	{"B", "OpenSMTPD + floor filter (integration/bench/floorfilter)"},
 	{"M", "OpenSMTPD + filter-milter + libmilter null milter (unix)"},
+	{"Mo", "OpenSMTPD + baseline filter-milter (BENCH_BASELINE) + libmilter null milter (unix)"},
 	{"Ku", "OpenSMTPD + filter-milter + opendkim (unix)"},
 	{"Ki", "OpenSMTPD + filter-milter + opendkim (inet)"},
 	{"C", "OpenSMTPD + filter-dkimsign"},
@@ -190,7 +191,7 @@ func report(dir, out string) error {
 	var w mdWriter
 	w.p("# filter-milter performance")
 	w.p("")
-	w.p("Written by `integration/bench.sh` (`make bench`), run as root on %s: %s, %s CPUs (%s), %s RAM, kernel %s; Debian %s.",
+	w.p("Written by `integration/bench/bench.sh` (`make bench`), run as root on %s: %s, %s CPUs (%s), %s RAM, kernel %s; Debian %s.",
 		"the shared Debian bookworm VM", m["date"], m["nproc"], m["cpu"], m["mem"], m["kernel"], m["debian"])
 	w.p("Commit %s%s, %s. Peers: OpenSMTPD %s, opendkim %s, libmilter %s, opensmtpd-filter-dkimsign %s, Postfix %s (`dpkg -x`).",
 		m["commit"], dirtyNote(m["dirty"]), m["go"], m["opensmtpd"], m["opendkim"], m["libmilter"], m["dkimsign"], m["postfix"])
@@ -199,6 +200,10 @@ func report(dir, out string) error {
 	w.p("")
 	w.p("    %s    # %s", strings.TrimSpace(m["command"]), m["settings"])
 	w.p("")
+
+	if m["baseline"] != "" {
+		compareSection(&w, dir, m, get)
+	}
 
 	// ------------------------------------------------------------ targets
 	w.p("## Targets of the issue")
@@ -290,6 +295,9 @@ func report(dir, out string) error {
 		floor := get("B", size)
 		for _, s := range setups {
 			x := st[s.id][size]
+			if x == nil && s.id == "Mo" {
+				continue // no baseline in this run
+			}
 			if x == nil {
 				w.p("| %s (%s) | not run | | | | | | | | |", s.name, s.id)
 				continue
@@ -335,7 +343,7 @@ func report(dir, out string) error {
 	// ------------------------------------------------------------ loadgen
 	w.p("## filter-milter on its pipe (loadgen)")
 	w.p("")
-	w.p("`integration/loadgen` plays smtpd 6.8 (protocol 0.6 lines, reports only for the events the filter registered) on the filter's stdin/stdout and checks every data line that comes back. filter-milter runs as a process (default log level, stderr to a file) with the libmilter null milter (`integration/nullmilter`, every callback registered, no actions; in the last row the same milter started with `eom`, which negotiates every stage away but end of message); the floor is `integration/floorfilter`. Floor and filter-milter alternate, medians of the runs. CPU is the filter process's (rusage) plus the milter process's (/proc, 10 ms ticks), per message; RSS is the filter's VmHWM.")
+	w.p("`integration/bench/loadgen` plays smtpd 6.8 with package smtpdplay (protocol 0.6 lines, reports only for the events the filter registered) on the filter's stdin/stdout and checks every data line that comes back. filter-milter runs as a process (default log level, stderr to a file) with the libmilter null milter (`integration/bench/nullmilter`, every callback registered, no actions; in the last row the same milter started with `eom`, which negotiates every stage away but end of message); the floor is `integration/bench/floorfilter`. Floor and filter-milter alternate, medians of the runs. CPU is the filter process's (rusage) plus the milter process's (/proc, 10 ms ticks), per message; RSS is the filter's VmHWM.")
 	w.p("")
 	w.p("| load | milter socket | floor msgs/s | filter-milter msgs/s | × floor | `.`→commit p50 / p99 ms | filter CPU ms/msg | milter CPU ms/msg | × floor CPU (filter only) | filter-milter peak RSS MiB |")
 	w.p("|---|---|---|---|---|---|---|---|---|---|")
@@ -450,6 +458,51 @@ func report(dir, out string) error {
 	}
 	w.b.WriteString(notes)
 	return os.WriteFile(out, []byte(w.b.String()), 0o644)
+}
+
+// compareSection is the current tree against the baseline binary
+// (BENCH_BASELINE), measured in the same run: loadgen's invocations
+// alternate the two binaries, and the end-to-end setups M and Mo take turns
+// in every repetition. The bar of issue #14 is new/old ≥ 0.95 in throughput.
+func compareSection(w *mdWriter, dir string, m map[string]string, get func(id string, size int) *e2eStat) {
+	w.p("## New against old: %s against baseline %s", m["commit"], m["baseline"])
+	w.p("")
+	w.p("The current tree's binary and the one built from the baseline revision (`BENCH_BASELINE`, `git archive` of it, same Go), in the same run: loadgen (the pipe harness, libmilter null milter on a unix socket, 10 sessions) alternates the two binaries in each invocation; end to end, setups M (new) and Mo (old) each have their own smtpd and null milter and take turns in every repetition. Medians of %s runs. Throughput new/old ≥ 0.95 is the bar (CPU per message: new/old ≤ 1/0.95).", m["repsN"])
+	w.p("")
+	w.p("| measure | old (%s) | new (%s) | new/old | |", m["baseline"], m["commit"])
+	w.p("|---|---|---|---|---|")
+	row := func(what string, old, cur float64, format string, higherIsBetter bool) {
+		if old <= 0 || cur <= 0 {
+			w.p("| %s | no figures | | | |", what)
+			return
+		}
+		r := cur / old
+		ok := r >= 0.95
+		if !higherIsBetter {
+			ok = r <= 1/0.95
+		}
+		w.p("| %s | "+format+" | "+format+" | %.2f | %s |", what, old, cur, r, verdict(ok))
+	}
+	for _, c := range []struct{ name, what string }{{"cmp-2k", "2 KB"}, {"cmp-100k", "100 KB"}} {
+		s, why := readLG(dir, c.name)
+		if s == nil {
+			w.p("| loadgen %s | failed: %s | | | |", c.what, oneLine(why))
+			continue
+		}
+		old, cur := s.Median["baseline"], s.Median["filter-milter"]
+		row("loadgen "+c.what+": msgs/s", old.MsgsPerSec, cur.MsgsPerSec, "%.0f", true)
+		row("loadgen "+c.what+": filter CPU ms/msg", old.FilterCPUms, cur.FilterCPUms, "%.3f", false)
+	}
+	for _, size := range []int{2048, 102400} {
+		old, cur := get("Mo", size), get("M", size)
+		if old == nil || cur == nil {
+			w.p("| end to end %s | no figures (see the end-to-end section) | | | |", sizeName(size))
+			continue
+		}
+		row("end to end "+sizeName(size)+": msgs/s", old.rate, cur.rate, "%.0f", true)
+		row("end to end "+sizeName(size)+": filter process CPU ms/msg", old.filter, cur.filter, "%.2f", false)
+	}
+	w.p("")
 }
 
 // goBenchMetric finds a custom metric (msgs/s) of one benchmark in go test's output.
