@@ -32,7 +32,7 @@ LIBEXECDIR ?= $(PREFIX)/libexec/smtpd
 MANDIR     ?= $(PREFIX)/share/man
 INSTALL    ?= install
 
-.PHONY: all build deps test fmt-check vet unit fuzz bench-smoke bench bench-compare demo clean install uninstall man-lint
+.PHONY: all build deps test fmt-check vet links unit fuzz bench-smoke bench bench-compare demo clean install uninstall man-lint
 
 all: build
 
@@ -46,10 +46,14 @@ fmt-check:
 	@out="$$(gofmt -l .)"; \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 
+# Every relative link of the Markdown files names a file that exists.
+links:
+	./.ci/check-links
+
 vet:
 	$(GO) vet -tags $(TAGS) ./...
 
-test: deps fmt-check vet
+test: deps fmt-check vet links
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -tags $(TAGS) -v $(TESTFLAGS) ./...
 	$(MAKE) fuzz bench-smoke
 

@@ -43,7 +43,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/filter-milter/filter-milter/integration/benchmsg"
+	"github.com/filter-milter/filter-milter/integration/bench/benchmsg"
 	"github.com/filter-milter/filter-milter/milter"
 	"github.com/filter-milter/filter-milter/milter/miltertest"
 )
