@@ -338,3 +338,37 @@ func TestHandshakeRefusesOtherLines(t *testing.T) {
 	}
 	_ = inW.Close()
 }
+
+// A transcript reuses smtpd's tokens: one per phase and session, and one
+// for every data line of the session's messages.
+func TestReplayReusedTokens(t *testing.T) {
+	p := start(t, echoFilter{}, Config{})
+	const sid, mail, data = "229dd54d9c889a05", "a534e0902cbb3160", "a534e093aaaaaaaa"
+	req := func(phase, tok, param string) string {
+		return "filter|0.6|1795504563.046567|smtp-in|" + phase + "|" + sid + "|" + tok + "|" + param
+	}
+	must(t, p.Replay("report|0.6|1795504563.037006|smtp-in|link-connect|"+sid+"|localhost|pass|127.0.0.1:1|127.0.0.1:25",
+		req("mail-from", mail, "a@example"), req("mail-from", mail, "b@example"),
+		req("data-line", data, "one"), req("data-line", data, "."),
+		req("data-line", data, "two"), req("data-line", data, ".")))
+	s := p.Session(sid)
+	if s == nil {
+		t.Fatal("Replay did not open the transcript's session")
+	}
+	var tm, td Token
+	copy(tm[:], mail)
+	copy(td[:], data)
+	must(t, s.Expect(s.WantResult(tm, "proceed"), s.WantResult(tm, "proceed"),
+		s.WantData(td, "one"), s.WantData(td, "."), s.WantData(td, "two"), s.WantData(td, ".")))
+	must(t, p.Close())
+}
+
+// An abandoned session's due answers are dropped, as smtpd drops them.
+func TestAbandonDropsDueAnswers(t *testing.T) {
+	p := start(t, echoFilter{}, Config{})
+	s := p.NewSession()
+	_, err := s.Request("connect", "localhost|127.0.0.1")
+	must(t, err)
+	s.Abandon()
+	must(t, p.Close())
+}

@@ -35,6 +35,15 @@ const (
 	playedData                         // filter-dataline lines up to ".", counted and hashed for Play
 )
 
+// asked is a token's state: what was asked under it, and how many
+// answers are still due. A fresh token is asked once; a replayed
+// transcript reuses smtpd's tokens, one per phase and session, so one
+// token may be asked again before its first answer came.
+type asked struct {
+	kind tokenKind
+	due  int // requests not yet answered, or messages whose "." has not come back
+}
+
 // received is an answer in a session's queue. A played message's data
 // lines are not queued: its final "." is, with their count and hash.
 type received struct {
@@ -67,22 +76,29 @@ type Session struct {
 	timer *time.Timer
 
 	mu     sync.Mutex // guards what the reader shares with the session's goroutine
-	tokens map[Token]tokenKind
+	tokens map[Token]asked
 	queue  []received
 	head   int
 	lines  int    // the played message being echoed: lines so far
 	hash   uint64 // and their FNV-1a
 	signal chan struct{}
+	// abandoned: smtpd is done with the session while answers were due;
+	// they are checked and dropped, as smtpd drops them.
+	abandoned bool
 }
 
 // NewSession opens a session with a fresh random id. Until End, the
 // filter's answers for it are read into its queue.
 func (p *Player) NewSession() *Session {
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	s := &Session{p: p, timer: t, tokens: map[Token]tokenKind{}, hash: fnvOffset, signal: make(chan struct{}, 1)}
+	s := p.newSession()
 	p.open(s)
 	return s
+}
+
+func (p *Player) newSession() *Session {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &Session{p: p, timer: t, tokens: map[Token]asked{}, hash: fnvOffset, signal: make(chan struct{}, 1)}
 }
 
 func (p *Player) open(s *Session) {
@@ -109,6 +125,20 @@ func (s *Session) End() error {
 	return s.checkUnread()
 }
 
+// Abandon plays smtpd giving up on the session while answers are due:
+// link-disconnect, its own session timeout, or shutdown. Whether the
+// filter still answers then is a race smtpd does not care about: it
+// drops an answer for a session it no longer has (lka_filter.c). So from
+// now on the answers due are checked and dropped, as are the lines
+// already queued; a line for a token not asked is still an error.
+func (s *Session) Abandon() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.abandoned = true
+	clear(s.queue)
+	s.queue, s.head = s.queue[:0], 0
+}
+
 // Renew ends the session (End) and opens a fresh one in its place, with a
 // new id, keeping its buffers: a driver that plays many sessions in turn
 // allocates nothing per session.
@@ -116,7 +146,7 @@ func (s *Session) Renew() error {
 	err := s.End()
 	s.mu.Lock()
 	clear(s.tokens)
-	s.queue, s.head, s.lines, s.hash = s.queue[:0], 0, 0, fnvOffset
+	s.queue, s.head, s.lines, s.hash, s.abandoned = s.queue[:0], 0, 0, fnvOffset, false
 	s.mu.Unlock()
 	s.p.open(s)
 	return err
@@ -156,13 +186,14 @@ func (r *received) describe() string {
 func (s *Session) receive(dataline bool, tok Token, payload, l []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	kind := s.tokens[tok]
+	a := s.tokens[tok]
+	kind := a.kind
 	if !dataline {
 		if kind != askedRequest && kind != playedRequest {
 			s.p.fail("session %s: filter-result for token %s, %s: %q", s.id, tok, s.tokenState(kind), quoteCut(l))
 			return
 		}
-		delete(s.tokens, tok)
+		s.answered(tok, a)
 		d, param, err := decision(payload)
 		if err != nil {
 			s.p.fail("session %s: %v: %q", s.id, err, quoteCut(l))
@@ -183,17 +214,26 @@ func (s *Session) receive(dataline bool, tok Token, payload, l []byte) {
 			s.hash = fnvAdd(s.hash, payload)
 			return
 		}
-		delete(s.tokens, tok)
-		s.push(received{Answer: Answer{Token: tok, DataLine: true, Param: ".", Line: ""}, kind: kind, lines: s.lines, hash: s.hash})
+		s.answered(tok, a)
+		s.push(received{Answer: Answer{Token: tok, DataLine: true, Param: "."}, kind: kind, lines: s.lines, hash: s.hash})
 		s.lines, s.hash = 0, fnvOffset
 	case askedData:
 		if dot {
-			delete(s.tokens, tok)
+			s.answered(tok, a)
 		}
 		s.push(received{Answer: Answer{Token: tok, DataLine: true, Param: string(payload), Line: string(l)}, kind: kind})
 	default:
 		s.p.fail("session %s: filter-dataline for token %s, %s: %q", s.id, tok, s.tokenState(kind), quoteCut(l))
 	}
+}
+
+// answered counts one answer due under tok as come.
+func (s *Session) answered(tok Token, a asked) {
+	if a.due--; a.due > 0 {
+		s.tokens[tok] = a
+		return
+	}
+	delete(s.tokens, tok)
 }
 
 func (s *Session) tokenState(k tokenKind) string {
@@ -207,6 +247,9 @@ func (s *Session) tokenState(k tokenKind) string {
 }
 
 func (s *Session) push(r received) {
+	if s.abandoned {
+		return
+	}
 	s.queue = append(s.queue, r)
 	select {
 	case s.signal <- struct{}{}:
@@ -311,8 +354,8 @@ func (s *Session) newToken(k tokenKind) Token {
 	defer s.mu.Unlock()
 	for {
 		t := randomToken()
-		if s.tokens[t] == 0 {
-			s.tokens[t] = k
+		if s.tokens[t].kind == 0 {
+			s.tokens[t] = asked{kind: k, due: 1}
 			return t
 		}
 	}
