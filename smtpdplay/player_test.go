@@ -281,24 +281,36 @@ func TestPlay(t *testing.T) {
 }
 
 func TestPlayFindsAChangedMessage(t *testing.T) {
-	p := start(t, echoFilter{answer: func(r protocol.Request, normal []string) []string {
-		if r.Param == "b" {
-			return []string{strings.TrimSuffix(normal[0], "b") + "B"}
-		}
-		return normal
-	}}, Config{})
-	steps := playScript(p, [][]byte{[]byte("a"), []byte("b")})
-	s := p.NewSession()
-	var err error
-	for _, st := range steps {
-		if err = s.Play(st); err != nil {
-			break
-		}
+	for _, c := range []struct {
+		name string
+		cfg  Config
+		edit func(line string) []string
+	}{
+		{"line dropped", Config{}, func(string) []string { return nil }},
+		{"line longer", Config{}, func(l string) []string { return []string{l + "b"} }},
+		{"same length, hashed", Config{HashDataLines: true}, func(l string) []string { return []string{strings.TrimSuffix(l, "b") + "B"} }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := start(t, echoFilter{answer: func(r protocol.Request, normal []string) []string {
+				if r.Param == "b" {
+					return c.edit(normal[0])
+				}
+				return normal
+			}}, c.cfg)
+			steps := playScript(p, [][]byte{[]byte("a"), []byte("b")})
+			s := p.NewSession()
+			var err error
+			for _, st := range steps {
+				if err = s.Play(st); err != nil {
+					break
+				}
+			}
+			if err == nil || !strings.Contains(err.Error(), "changed the message") {
+				t.Fatalf("Play = %v, want the changed line found", err)
+			}
+			must(t, p.Close())
+		})
 	}
-	if err == nil || !strings.Contains(err.Error(), "changed the message") {
-		t.Fatalf("Play = %v, want the changed line found", err)
-	}
-	must(t, p.Close())
 }
 
 func TestPlayFindsARefusal(t *testing.T) {
