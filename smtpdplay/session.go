@@ -79,9 +79,10 @@ func fnvAdd(h uint64, b []byte) uint64 {
 // methods are for one goroutine at a time; the player's reader fills its
 // queue.
 type Session struct {
-	p     *Player
-	id    Token
-	timer *time.Timer
+	p       *Player
+	id      Token
+	timer   *time.Timer
+	written time.Time // when Play last finished writing
 
 	mu     sync.Mutex // guards what the reader shares with the session's goroutine
 	tokens map[Token]asked

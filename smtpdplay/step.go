@@ -79,6 +79,9 @@ type Step struct {
 	sent   echoCount // awaitMessage: the data lines sent before ".", to check what comes back
 }
 
+// Size is the number of bytes Play writes for the step.
+func (st *Step) Size() int { return len(st.buf) }
+
 // Clone returns a copy of st for another goroutine.
 func (st *Step) Clone() *Step {
 	c := *st
@@ -212,6 +215,7 @@ func (s *Session) Play(st *Step) error {
 		}
 		from = to
 	}
+	s.written = time.Now()
 	if st.await == awaitNothing {
 		return nil
 	}
@@ -230,6 +234,10 @@ func (s *Session) Play(st *Step) error {
 	}
 	return nil
 }
+
+// Written is when the last step played finished writing: for a message,
+// when its "." went out, from which a load generator times the commit.
+func (s *Session) Written() time.Time { return s.written }
 
 // sameEcho reports whether what came back is what was sent.
 func (p *Player) sameEcho(got, sent echoCount) bool {
