@@ -115,7 +115,7 @@ type Registration struct {
 // Filter reports whether the filter asked for requests of phase. smtpd
 // puts a filter in a phase's chain only if it registered the phase
 // (lka_filter.c), and asks nothing of it otherwise.
-func (r *Registration) Filter(phase string) bool {
+func (r Registration) Filter(phase string) bool {
 	for _, f := range r.Filters {
 		if f == phase {
 			return true
@@ -126,7 +126,7 @@ func (r *Registration) Filter(phase string) bool {
 
 // Report reports whether the filter subscribed to event, by name or with
 // "*". smtpd sends a filter only the reports it subscribed to.
-func (r *Registration) Report(event string) bool {
+func (r Registration) Report(event string) bool {
 	for _, e := range r.Reports {
 		if e == event || e == "*" {
 			return true

@@ -384,3 +384,44 @@ func TestAbandonDropsDueAnswers(t *testing.T) {
 	s.Abandon()
 	must(t, p.Close())
 }
+
+// Sessions played at once from several goroutines each get their own
+// answers: the reader hands each line to its session.
+func TestConcurrentSessions(t *testing.T) {
+	p := start(t, echoFilter{}, Config{HashDataLines: true})
+	if !p.Registration().Filter("data-line") {
+		t.Fatal("the echo filter registered no data-line")
+	}
+	var body [][]byte
+	for i := range 500 {
+		body = append(body, fmt.Appendf(nil, "line %d", i))
+	}
+	steps := playScript(p, body)
+	errc := make(chan error, 8)
+	for range 8 {
+		mine := make([]*Step, len(steps))
+		for i, st := range steps {
+			mine[i] = st.Clone()
+		}
+		go func() {
+			s := p.NewSession()
+			for range 5 {
+				for _, st := range mine {
+					if err := s.Play(st); err != nil {
+						errc <- err
+						return
+					}
+				}
+				if err := s.Renew(); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- s.End()
+		}()
+	}
+	for range 8 {
+		must(t, <-errc)
+	}
+	must(t, p.Close())
+}
