@@ -599,9 +599,16 @@ func TestPerMilterDefaultAction(t *testing.T) {
 
 type recorder struct {
 	NopObserver
-	mu     sync.Mutex
-	stages []string
-	done   []string
+	mu       sync.Mutex
+	stages   []string
+	done     []string
+	buffered []string
+}
+
+func (r *recorder) MessageBuffered(_ string, bytes int64, spilled bool) {
+	r.mu.Lock()
+	r.buffered = append(r.buffered, fmt.Sprintf("%d spilled=%v", bytes, spilled))
+	r.mu.Unlock()
 }
 
 func (r *recorder) MilterReply(_, _, stage string, v milter.Verdict, _ time.Duration) {
@@ -648,6 +655,8 @@ func TestLargeMessageThroughASmallBuffer(t *testing.T) {
 	p := startGateway(t, Tempfail, srv.Spec)
 	p.g.cfg.BufferLimit = 1024
 	p.g.cfg.TempDir = t.TempDir()
+	rec := &recorder{}
+	p.observe(rec)
 	p.handshake()
 	p.openSession("b@test.example")
 	lines := []string{"Subject: big", ""}
@@ -671,6 +680,14 @@ func TestLargeMessageThroughASmallBuffer(t *testing.T) {
 	}
 	if used := p.g.budget.used.Load(); used != 0 {
 		t.Errorf("%d bytes of the budget still taken after the message", used)
+	}
+	// The message went through the temporary file, not around it.
+	p.send(rep("link-disconnect"))
+	p.waitSessions(0)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.buffered) != 1 || !strings.HasSuffix(rec.buffered[0], "spilled=true") {
+		t.Errorf("messages buffered: %q, want one, spilled", rec.buffered)
 	}
 }
 
