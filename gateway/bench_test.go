@@ -13,8 +13,8 @@ package gateway
 //	                     header, then the client's header and body lines)
 //	milter=null          a hand-written null milter on a unix socket that
 //	                     allocates nothing per connection or packet, so
-//	                     allocs/op and B/op are the gateway's (this driver
-//	                     allocates nothing per message once warm). It
+//	                     allocs/op and B/op are the gateway's (smtpdplay, playing
+//	                     smtpd, allocates nothing per message once warm). It
 //	                     negotiates no actions, like the libmilter null
 //	                     milter of the end-to-end runs: the gateway may
 //	                     echo each data line at once.
@@ -29,9 +29,6 @@ package gateway
 // msgs/s is b.N over the measured time.
 
 import (
-	"bufio"
-	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -46,6 +43,7 @@ import (
 	"github.com/filter-milter/filter-milter/integration/bench/benchmsg"
 	"github.com/filter-milter/filter-milter/milter"
 	"github.com/filter-milter/filter-milter/milter/miltertest"
+	"github.com/filter-milter/filter-milter/smtpdplay"
 )
 
 func BenchmarkMessage(b *testing.B) {
@@ -82,31 +80,47 @@ func benchMessages(b *testing.B, spec string, size, sessions int) {
 // benchLines runs b.N sessions of one message of the given lines, with at
 // most sessions of them at once, each step answered within timeout. It
 // returns the CPU time the process used meanwhile (user and system, every
-// goroutine: the gateway, the in-process milter, the benchmark's smtpd),
+// goroutine: the gateway, the in-process milter, smtpdplay playing smtpd),
 // which, unlike the elapsed time, other work on the machine hardly moves.
 func benchLines(b *testing.B, spec string, body [][]byte, size, sessions int, timeout time.Duration) (cpu time.Duration) {
-	d := startBenchSmtpd(b, spec)
+	play := startBenchGateway(b, spec, timeout)
+	steps := benchSteps(play, body)
 	var next atomic.Int64
 	errc := make(chan error, sessions)
 	var wg sync.WaitGroup
-	scripts := make([]*benchScript, sessions)
-	for w := range scripts {
-		scripts[w] = d.newScript(w, body)
-		scripts[w].timeout = timeout
+	// A copy of the steps per worker, as Play patches them in place; the
+	// first worker takes the originals (a 35 MB message is 70 MB of steps).
+	workers := [][]*smtpdplay.Step{steps}
+	for range sessions - 1 {
+		mine := make([]*smtpdplay.Step, len(steps))
+		for i, st := range steps {
+			mine[i] = st.Clone()
+		}
+		workers = append(workers, mine)
 	}
 	b.ReportAllocs()
 	b.SetBytes(int64(size))
 	b.ResetTimer()
 	cpu0 := processCPU(b)
-	for _, sc := range scripts {
+	for _, steps := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			s := play.NewSession()
 			for next.Add(1) <= int64(b.N) {
-				if err := sc.run(); err != nil {
+				for _, st := range steps {
+					if err := s.Play(st); err != nil {
+						errc <- err
+						return
+					}
+				}
+				if err := s.Renew(); err != nil { // a fresh session id for the next
 					errc <- err
 					return
 				}
+			}
+			if err := s.End(); err != nil {
+				errc <- err
 			}
 		}()
 	}
@@ -130,30 +144,11 @@ func processCPU(b *testing.B) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// benchSmtpd plays smtpd on the gateway's pipes: scripts write their lines
-// (each batch in one Write, which io.Pipe keeps whole), one goroutine reads
-// the gateway's answers and hands each to its session.
-type benchSmtpd struct {
-	in   *io.PipeWriter
-	mu   sync.RWMutex
-	sess map[[16]byte]*benchSession
-}
-
-type benchSession struct {
-	ch    chan benchAnswer
-	lines int // data lines echoed so far; the reader's
-}
-
-type benchAnswer struct {
-	dot    bool   // the final "." of the data lines came back
-	lines  int    // with dot: how many data lines came back before it
-	answer string // a filter-result other than proceed ("" for proceed)
-}
-
-func startBenchSmtpd(b *testing.B, spec string) *benchSmtpd {
+// startBenchGateway runs a gateway on in-memory pipes against the milter
+// at spec, with smtpdplay playing smtpd 6.8 on them.
+func startBenchGateway(b *testing.B, spec string, timeout time.Duration) *smtpdplay.Player {
 	b.Helper()
-	opts := milter.DefaultOptions
-	c, err := milter.ParseConfig(spec, opts)
+	c, err := milter.ParseConfig(spec, milter.DefaultOptions)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -167,203 +162,44 @@ func startBenchSmtpd(b *testing.B, spec string) *benchSmtpd {
 	outR, outW := io.Pipe()
 	done := make(chan error, 1)
 	go func() { done <- g.Run(inR, outW); _ = outW.Close() }()
-	d := &benchSmtpd{in: inW, sess: map[[16]byte]*benchSession{}}
-	out := bufio.NewReaderSize(outR, 64<<10)
-	if _, err := io.WriteString(inW, "config|smtpd-version|6.8.0p2\nconfig|smtp-session-timeout|300\n"+
-		"config|subsystem|smtp-in\nconfig|admd|mx.bench.example\nconfig|ready\n"); err != nil {
+	play, err := smtpdplay.Start(inW, outR, smtpdplay.Config{Admd: "mx.bench.example", Wait: timeout})
+	if err != nil {
 		b.Fatal(err)
 	}
-	for {
-		l, err := out.ReadString('\n')
-		if err != nil {
-			b.Fatalf("handshake: %v", err)
-		}
-		if l == "register|ready\n" {
-			break
-		}
-	}
-	readDone := make(chan struct{})
-	go func() { d.read(out); close(readDone) }()
 	b.Cleanup(func() {
-		_ = inW.Close()
-		select {
-		case err := <-done:
-			if err != nil {
-				b.Errorf("Run: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			b.Error("the gateway did not stop after stdin closed")
+		if err := play.Close(); err != nil {
+			b.Error(err)
 		}
-		<-readDone
+		if err := <-done; err != nil { // play.Close saw stdout end: Run has returned
+			b.Errorf("Run: %v", err)
+		}
 	})
-	return d
+	return play
 }
 
-func (d *benchSmtpd) read(out *bufio.Reader) {
-	const idLen = 16
-	for {
-		l, err := out.ReadSlice('\n')
-		if err != nil {
-			if errors.Is(err, bufio.ErrBufferFull) {
-				panic("benchmark: answer line longer than the read buffer")
-			}
-			return
-		}
-		l = l[:len(l)-1]
-		var rest []byte
-		dataline := bytes.HasPrefix(l, []byte("filter-dataline|"))
-		switch {
-		case dataline:
-			rest = l[len("filter-dataline|"):]
-		case bytes.HasPrefix(l, []byte("filter-result|")):
-			rest = l[len("filter-result|"):]
-		default:
-			panic(fmt.Sprintf("benchmark: unexpected line from the gateway: %q", l))
-		}
-		if len(rest) < 2*idLen+2 {
-			panic(fmt.Sprintf("benchmark: short line from the gateway: %q", l))
-		}
-		var id [idLen]byte
-		copy(id[:], rest)
-		d.mu.RLock()
-		s := d.sess[id]
-		d.mu.RUnlock()
-		if s == nil {
-			panic(fmt.Sprintf("benchmark: answer for an unknown session: %q", l))
-		}
-		payload := rest[2*idLen+2:]
-		switch {
-		case dataline && len(payload) == 1 && payload[0] == '.':
-			s.ch <- benchAnswer{dot: true, lines: s.lines}
-			s.lines = 0
-		case dataline:
-			s.lines++
-		case string(payload) == "proceed":
-			s.ch <- benchAnswer{}
-		default:
-			s.ch <- benchAnswer{answer: string(payload)}
-		}
-	}
-}
-
-// benchScript is one worker's SMTP session, as smtpd's lines with the
-// session id patched in for each operation.
-type benchScript struct {
-	d       *benchSmtpd
-	worker  int
-	n       int
-	id      [16]byte
-	sess    *benchSession
-	timer   *time.Timer
-	steps   [][]byte      // each step's lines; every step but the last gets an answer
-	ids     [][]int       // offsets of the session id in each step
-	nlines  int           // data lines in the message
-	timeout time.Duration // for the gateway's answer to each step
-}
-
-const benchSIDMark = "SSSSSSSSSSSSSSSS"
-
-func (d *benchSmtpd) newScript(worker int, body [][]byte) *benchScript {
-	const v = "0.6|1795504923.801342|smtp-in|"
-	rep := func(event, params string) string {
-		return "report|" + v + event + "|" + benchSIDMark + params + "\n"
-	}
-	req := func(phase, tok, param string) string {
-		return "filter|" + v + phase + "|" + benchSIDMark + "|" + tok + "|" + param + "\n"
-	}
-	var data bytes.Buffer
-	for _, l := range body {
-		data.WriteString("filter|" + v + "data-line|" + benchSIDMark + "|0b70359911b2783b|")
-		data.Write(l)
-		data.WriteByte('\n')
-	}
-	data.WriteString(req("data-line", "0b70359911b2783b", "."))
-	texts := []string{
-		rep("link-connect", "|localhost|pass|127.0.0.1:50230|127.0.0.1:2525") +
-			req("connect", "0b703591b1454d71", "localhost|127.0.0.1"),
-		rep("link-greeting", "|mx.bench.example") +
-			rep("protocol-client", "|EHLO client.bench.example") +
-			req("ehlo", "0b703593f79517b4", "client.bench.example"),
-		rep("protocol-client", "|MAIL FROM:<sender@bench.example> SIZE=3137") +
-			req("mail-from", "0b703596e6d1e39f", "sender@bench.example"),
-		rep("tx-begin", "|2a4946c4") +
-			rep("protocol-client", "|RCPT TO:<rcpt@bench.example>") +
-			req("rcpt-to", "0b703597dd6b2e30", "rcpt@bench.example"),
-		rep("protocol-client", "|DATA") +
-			req("data", "0b7035986cc3a08a", ""),
-		data.String(),
-		rep("protocol-client", "|.") +
-			req("commit", "0b70359fc373e2bc", ""),
-		rep("tx-commit", "|2a4946c4|3137") + rep("tx-reset", "|2a4946c4") +
-			rep("protocol-client", "|QUIT") + rep("link-disconnect", ""),
-	}
-	sc := &benchScript{d: d, worker: worker, nlines: len(body), timer: time.NewTimer(time.Hour), timeout: 10 * time.Second,
-		sess: &benchSession{ch: make(chan benchAnswer, 4)}}
-	sc.timer.Stop()
-	for _, t := range texts {
-		step := []byte(t)
-		var offs []int
-		for i := 0; ; {
-			j := bytes.Index(step[i:], []byte(benchSIDMark))
-			if j < 0 {
-				break
-			}
-			offs = append(offs, i+j)
-			i += j + len(benchSIDMark)
-		}
-		sc.steps = append(sc.steps, step)
-		sc.ids = append(sc.ids, offs)
-	}
-	return sc
-}
-
-// run plays one whole session with one message and checks every answer.
-func (sc *benchScript) run() error {
-	sc.n++
-	// A fresh session id: worker in the high half, a counter in the low.
-	const hex = "0123456789abcdef"
-	for i, v := 0, uint64(sc.worker+1)<<32|uint64(uint32(sc.n)); i < 16; i++ {
-		sc.id[15-i] = hex[v>>(4*i)&0xf]
-	}
-	for i, step := range sc.steps {
-		for _, off := range sc.ids[i] {
-			copy(step[off:], sc.id[:])
-		}
-	}
-	sc.d.mu.Lock()
-	sc.d.sess[sc.id] = sc.sess
-	sc.d.mu.Unlock()
-	defer func() {
-		sc.d.mu.Lock()
-		delete(sc.d.sess, sc.id)
-		sc.d.mu.Unlock()
-	}()
-	last := len(sc.steps) - 1
-	for i, step := range sc.steps {
-		if _, err := sc.d.in.Write(step); err != nil {
-			return err
-		}
-		if i == last {
-			break
-		}
-		var a benchAnswer
-		sc.timer.Reset(sc.timeout)
-		select {
-		case a = <-sc.sess.ch:
-			sc.timer.Stop()
-		case <-sc.timer.C:
-			return fmt.Errorf("session %s: no answer to step %d within %v", sc.id, i, sc.timeout)
-		}
-		switch {
-		case a.answer != "":
-			return fmt.Errorf("session %s: step %d answered %q", sc.id, i, a.answer)
-		case i == 5 && (!a.dot || a.lines != sc.nlines):
-			return fmt.Errorf("session %s: %d data lines came back (dot %v), want %d", sc.id, a.lines, a.dot, sc.nlines)
-		case i != 5 && a.dot:
-			return fmt.Errorf("session %s: data lines at step %d", sc.id, i)
-		}
-	}
-	return nil
+// benchSteps is one SMTP session with one message, as smtpd 6.8 reports
+// and filters it (the line formats of testdata/transcripts).
+func benchSteps(play *smtpdplay.Player, body [][]byte) []*smtpdplay.Step {
+	sb := play.NewSteps()
+	sb.Report("link-connect", "localhost", "pass", "127.0.0.1:50230", "127.0.0.1:2525")
+	steps := []*smtpdplay.Step{sb.Request("connect", "localhost|127.0.0.1")}
+	sb.Report("link-greeting", "mx.bench.example")
+	sb.Report("protocol-client", "EHLO client.bench.example")
+	steps = append(steps, sb.Request("ehlo", "client.bench.example"))
+	sb.Report("protocol-client", "MAIL FROM:<sender@bench.example> SIZE=3137")
+	steps = append(steps, sb.Request("mail-from", "sender@bench.example"))
+	sb.Report("tx-begin", "2a4946c4")
+	sb.Report("protocol-client", "RCPT TO:<rcpt@bench.example>")
+	steps = append(steps, sb.Request("rcpt-to", "rcpt@bench.example"))
+	sb.Report("protocol-client", "DATA")
+	steps = append(steps, sb.Request("data", ""), sb.Message(body))
+	sb.Report("protocol-client", ".")
+	steps = append(steps, sb.Request("commit", ""))
+	sb.Report("tx-commit", "2a4946c4", "3137")
+	sb.Report("tx-reset", "2a4946c4")
+	sb.Report("protocol-client", "QUIT")
+	sb.Report("link-disconnect")
+	return append(steps, sb.Flush())
 }
 
 // Milter action flags (libmilter's SMFIF_*) for miltertest.StartNull.

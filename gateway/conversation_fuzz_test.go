@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/filter-milter/filter-milter/milter"
 	"github.com/filter-milter/filter-milter/protocol"
+	"github.com/filter-milter/filter-milter/smtpdplay"
 )
 
 // FuzzMilterConversation drives whole SMTP sessions through a gateway, as
@@ -30,11 +30,12 @@ import (
 // answers CONTINUE, so every session can end.
 //
 // Invariants, each of which takes smtpd down (or loses mail) when broken:
-//   - every line on stdout is one smtpd takes: register|..., filter-result
-//     with a known decision for the pending request, its reply (reject,
-//     disconnect) valid for smtpd (protocol.ValidReply) and at most 512
-//     octets (RFC 5321 4.5.3.1.5), no junk at commit, filter-dataline with
-//     no NUL and no CR (the driver sends none, so they came from a milter);
+//   - every line on stdout is one smtpd takes (smtpdplay checks them):
+//     register|..., filter-result with a known decision for the pending
+//     request, its reply (reject, disconnect) valid for smtpd
+//     (protocol.ValidReply) and at most 512 octets (RFC 5321 4.5.3.1.5),
+//     no junk at commit, filter-dataline with no NUL and no CR (the
+//     driver sends none, so they came from a milter);
 //   - the final "." of a message is written once, after every other data
 //     line and before the answer to commit, and never unless smtpd sent its
 //     own "." first;
@@ -352,29 +353,21 @@ func runConversation(t *testing.T, data []byte) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- g.Run(inR, outW); _ = outW.Close() }()
-	lines := make(chan string, 1<<16)
-	go func() {
-		sc := bufio.NewScanner(outR)
-		sc.Buffer(make([]byte, 1<<20), 64<<20)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-		if err := sc.Err(); err != nil {
-			lines <- "SCANNER ERROR: " + err.Error()
-		}
-		close(lines)
-		_ = outR.Close()
-	}()
-	send := func(ls ...string) {
-		for _, l := range ls {
-			if _, err := io.WriteString(inW, l+"\n"); err != nil {
-				t.Fatalf("write to the gateway: %v", err)
-			}
-		}
+	// smtpdplay checks every line as smtpd takes it: a known decision for
+	// a request it asked, a valid reply, data lines only under the
+	// message's token and up to one ".", nothing for a session or token
+	// it did not ask about. Every timeout of the case is far shorter than
+	// its Wait: a longer one is a hang.
+	play, err := smtpdplay.Start(inW, outR, smtpdplay.Config{Wait: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
 	}
-	s := &fuzzSession{t: t, out: lines}
 	defer func() {
-		_ = inW.Close()
+		// Close reads stdout to its end: once it returns, so has Run.
+		if err := play.Close(); err != nil {
+			t.Errorf("the gateway's output: %v", err)
+		}
+		_ = outR.Close()
 		select {
 		case err := <-done:
 			if err != nil && !errors.Is(err, io.EOF) {
@@ -382,9 +375,6 @@ func runConversation(t *testing.T, data []byte) {
 			}
 		case <-time.After(10 * time.Second):
 			t.Fatalf("the gateway did not stop within 10 s of stdin closing")
-		}
-		for l := range lines {
-			s.check(l)
 		}
 		if n := g.Sessions(); n != 0 {
 			t.Errorf("%d sessions still live after link-disconnect and shutdown", n)
@@ -397,19 +387,29 @@ func runConversation(t *testing.T, data []byte) {
 		}
 	}()
 
-	send("config|smtpd-version|6.8.0p2", "config|smtp-session-timeout|300", "config|subsystem|smtp-in",
-		"config|admd|mx.test.example", "config|ready")
-	for {
-		l := s.next("the handshake")
-		if l == "register|ready" {
-			break
-		}
-		if !strings.HasPrefix(l, "register|filter|") && !strings.HasPrefix(l, "register|report|") {
-			t.Fatalf("line during the handshake: %q", l)
+	s := play.NewSession()
+	report := func(event string, fields ...string) {
+		if err := s.Report(event, fields...); err != nil {
+			t.Fatalf("write to the gateway: %v", err)
 		}
 	}
+	// ask sends a request and checks its answer beyond what smtpdplay
+	// checks: a reply smtpd 7.4 does not exit on, no junk at commit.
+	ask := func(phase, param string) protocol.Decision {
+		d, reply, err := s.Ask(phase, param)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(reply)+2 > 512 {
+			t.Fatalf("%s with a reply of %d octets (RFC 5321 allows 512 with CRLF; smtpd 7.4 exits past ~16 KiB): %.200q...", d, len(reply), reply)
+		}
+		if d == protocol.Junk && phase == "commit" {
+			t.Fatalf("junk at commit (smtpd 6.8 and 7.4 exit on it)")
+		}
+		return d
+	}
 
-	send(fuzzReport("link-connect", "localhost", "pass", "127.0.0.1:47092", "127.0.0.1:2525"))
+	report("link-connect", "localhost", "pass", "127.0.0.1:47092", "127.0.0.1:2525")
 	steps := []struct{ phase, param string }{
 		{"connect", "localhost|127.0.0.1"},
 		{"helo", "client.example"},
@@ -417,33 +417,38 @@ func runConversation(t *testing.T, data []byte) {
 		{"rcpt-to", "b@test.example"},
 		{"data", ""},
 	}
-	reports := map[string][]string{
-		"helo":      {fuzzReport("link-greeting", "mx.test.example"), fuzzReport("protocol-client", "helo client.example")},
-		"mail-from": {fuzzReport("protocol-client", "MAIL FROM:<a@test.example>")},
-		"rcpt-to":   {fuzzReport("tx-begin", "2a4946c4"), fuzzReport("protocol-client", "RCPT TO:<b@test.example>")},
+	reports := map[string][][]string{
+		"helo":      {{"link-greeting", "mx.test.example"}, {"protocol-client", "helo client.example"}},
+		"mail-from": {{"protocol-client", "MAIL FROM:<a@test.example>"}},
+		"rcpt-to":   {{"tx-begin", "2a4946c4"}, {"protocol-client", "RCPT TO:<b@test.example>"}},
 	}
 	for _, st := range steps {
-		send(reports[st.phase]...)
-		s.pending = st.phase
-		send(fuzzRequest(st.phase, st.param))
-		if d := s.result(); d != protocol.Proceed {
-			send(fuzzReport("link-disconnect"))
+		for _, r := range reports[st.phase] {
+			report(r[0], r[1:]...)
+		}
+		if ask(st.phase, st.param) != protocol.Proceed {
+			report("link-disconnect")
 			return
 		}
 	}
 	msg := fuzzMessages[int(msgByte)%len(fuzzMessages)]
-	s.pending = "data-line"
-	for _, l := range msg {
-		send(fuzzRequest("data-line", l))
+	tok := s.StartData()
+	if err := s.SendData(tok, append(msg[:len(msg):len(msg)], ".")...); err != nil {
+		t.Fatalf("write to the gateway: %v", err)
 	}
-	send(fuzzRequest("data-line", "."))
-	for s.dot == 0 {
-		s.check(s.next("the data lines"))
+	lines, err := s.ReadMessage(tok)
+	if err != nil {
+		t.Fatal(err)
 	}
-	s.pending = "commit"
-	send(fuzzReport("protocol-client", "."), fuzzRequest("commit", ""))
-	s.result()
-	send(fuzzReport("tx-reset", "2a4946c4"), fuzzReport("link-disconnect"))
+	for _, l := range lines {
+		if strings.ContainsAny(l, "\x00\r") {
+			t.Fatalf("data line with NUL or CR (smtpd cuts the line at NUL; CR was never sent by smtpd): %q", l)
+		}
+	}
+	report("protocol-client", ".")
+	ask("commit", "")
+	report("tx-reset", "2a4946c4")
+	report("link-disconnect")
 }
 
 // fuzzMessages are the messages the driver sends, as smtpd's data lines
@@ -453,99 +458,6 @@ var fuzzMessages = [][]string{
 	{"From: a@test.example", "Subject: header only"},
 	{"Subject: empty body", ""},
 	{"From: a@test.example", "X-Folded: one", "  two", "Subject: s", "", strings.Repeat("long body line ", 400), "end"},
-}
-
-// next is the next output line, within 10 s (every timeout of the case is
-// far shorter: a longer wait is a hang).
-func (s *fuzzSession) next(during string) string {
-	s.t.Helper()
-	select {
-	case l, ok := <-s.out:
-		if !ok {
-			s.t.Fatalf("the gateway closed stdout during %s", during)
-		}
-		return l
-	case <-time.After(10 * time.Second):
-		s.t.Fatalf("no output from the gateway within 10 s during %s (pending %q): hung", during, s.pending)
-	}
-	return ""
-}
-
-// result reads lines until the filter-result of the pending request and
-// returns its decision.
-func (s *fuzzSession) result() protocol.Decision {
-	s.t.Helper()
-	for {
-		l := s.next(s.pending)
-		if d, ok := s.check(l); ok {
-			return d
-		}
-	}
-}
-
-// check validates one output line against the session's state; for a
-// filter-result it returns the decision.
-func (s *fuzzSession) check(l string) (protocol.Decision, bool) {
-	s.t.Helper()
-	f := strings.SplitN(l, "|", 5)
-	switch {
-	case f[0] == "filter-dataline" && len(f) >= 4:
-		line := strings.SplitN(l, "|", 4)[3]
-		if f[1] != fuzzSID || f[2] != fuzzTok {
-			s.t.Fatalf("data line for a session or token smtpd did not ask about: %q", l)
-		}
-		if s.pending != "data-line" {
-			s.t.Fatalf("data line while smtpd waits for %q, not for data lines: %q", s.pending, l)
-		}
-		if strings.ContainsAny(line, "\x00\r") {
-			s.t.Fatalf("data line with NUL or CR (smtpd cuts the line at NUL; CR was never sent by smtpd): %q", l)
-		}
-		if line == "." {
-			s.dot++
-			if s.dot > 1 {
-				s.t.Fatalf("the final \".\" written %d times", s.dot)
-			}
-		}
-		return "", false
-	case f[0] == "filter-result" && len(f) >= 4:
-		if f[1] != fuzzSID || f[2] != fuzzTok {
-			s.t.Fatalf("filter-result for a session or token smtpd did not ask about: %q", l)
-		}
-		if s.pending == "" || s.pending == "data-line" {
-			s.t.Fatalf("filter-result while smtpd waits for %q: %q", s.pending, l)
-		}
-		d := protocol.Decision(f[3])
-		reply := ""
-		if len(f) == 5 {
-			reply = f[4]
-		}
-		switch d {
-		case protocol.Proceed:
-			if len(f) != 4 {
-				s.t.Fatalf("proceed with a parameter: %q", l)
-			}
-		case protocol.Junk:
-			if s.pending == "commit" {
-				s.t.Fatalf("junk at commit (smtpd 6.8 and 7.4 exit on it): %q", l)
-			}
-		case protocol.Reject, protocol.Disconnect:
-			if !protocol.ValidReply(reply) {
-				s.t.Fatalf("%s with a reply smtpd does not take: %q", d, l)
-			}
-			if len(reply)+2 > 512 {
-				s.t.Fatalf("%s with a reply of %d octets (RFC 5321 allows 512 with CRLF; smtpd 7.4 exits past ~16 KiB): %.200q...", d, len(reply), l)
-			}
-		default:
-			s.t.Fatalf("filter-result with decision %q: %q", d, l)
-		}
-		if s.pending == "commit" && s.dot != 1 {
-			s.t.Fatalf("answer to commit after %d final \".\" lines: %q", s.dot, l)
-		}
-		s.pending = ""
-		return d, true
-	}
-	s.t.Fatalf("a line smtpd does not take: %q", fmt.Sprintf("%.300s", l))
-	return "", false
 }
 
 // fuzzSeeds are a few conversations worth starting from.

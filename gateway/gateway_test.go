@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -16,17 +15,29 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/filter-milter/filter-milter/compat"
 	"github.com/filter-milter/filter-milter/milter"
 	"github.com/filter-milter/filter-milter/milter/miltertest"
+	"github.com/filter-milter/filter-milter/smtpdplay"
 )
 
-// pipe runs a gateway on in-memory pipes, playing smtpd.
+// pipe runs a gateway on in-memory pipes, with smtpdplay playing smtpd.
+// send and expect speak for one session, the pipe's: send writes reports
+// and requests, expect checks the gateway's next lines for it, which
+// result and dataline describe. Tests of several sessions use the player.
 type pipe struct {
-	t    *testing.T
-	g    *Gateway
-	in   *io.PipeWriter
-	out  *bufio.Reader
-	done chan error
+	t     *testing.T
+	g     *Gateway
+	in    *io.PipeWriter // the gateway's stdin
+	out   *os.File       // the gateway's stdout, read by the player
+	done  chan error     // Run's return
+	watch *sessionWatch
+
+	play     *smtpdplay.Player
+	finished bool
+	s        *smtpdplay.Session
+	tok      smtpdplay.Token // the last request's: result answers it
+	data     smtpdplay.Token // the current message's data lines
 }
 
 func startGateway(t *testing.T, action Action, specs ...string) *pipe {
@@ -36,6 +47,8 @@ func startGateway(t *testing.T, action Action, specs ...string) *pipe {
 	return startGatewayWith(t, action, opts, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), specs...)
 }
 
+// startGatewayWith starts the gateway; handshake starts smtpd's side, so
+// that a test may change p.g.cfg before the first line.
 func startGatewayWith(t *testing.T, action Action, opts milter.Options, log *zap.Logger, specs ...string) *pipe {
 	t.Helper()
 	var clients []*milter.Pool
@@ -46,103 +59,183 @@ func startGatewayWith(t *testing.T, action Action, opts milter.Options, log *zap
 		}
 		clients = append(clients, milter.NewPool(c, log))
 	}
-	g := New(Config{Milters: clients, DefaultAction: action, Log: log})
+	watch := &sessionWatch{Observer: NopObserver{}, closed: make(chan struct{}, 1)}
+	g := New(Config{Milters: clients, DefaultAction: action, Log: log, Observer: watch})
 	inR, inW := io.Pipe()
 	// A kernel pipe, as smtpd's socketpair is buffered: smtpd never waits
 	// to write a line until the filter's answers have been read, and the
-	// gateway may write back while it reads (see Gateway.echoLine).
+	// gateway may write back while it reads.
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &pipe{t: t, g: g, in: inW, out: bufio.NewReaderSize(outR, 1<<20), done: make(chan error, 1)}
+	p := &pipe{t: t, g: g, in: inW, out: outR, done: make(chan error, 1), watch: watch}
 	go func() { p.done <- g.Run(inR, outW); _ = outW.Close() }()
 	t.Cleanup(func() {
-		_ = inW.Close()
-		drained := make(chan struct{})
-		go func() { _, _ = io.Copy(io.Discard, outR); _ = outR.Close(); close(drained) }()
+		if p.play == nil {
+			_ = inW.Close()
+			go func() { _, _ = io.Copy(io.Discard, outR) }()
+		} else {
+			p.finish()
+		}
 		select {
 		case err := <-p.done:
 			if err != nil {
 				t.Errorf("Run: %v", err)
 			}
-			<-drained // outW is closed once Run returns: the pipe is gone before the next test
 		case <-time.After(5 * time.Second):
 			t.Error("gateway did not stop after stdin closed")
 		}
+		_ = outR.Close()
 	})
 	return p
 }
 
-func (p *pipe) send(lines ...string) {
+// handshake plays smtpd 6.8's handshake (protocol 0.6) and opens the
+// pipe's session.
+func (p *pipe) handshake() { p.t.Helper(); p.handshakeWith(smtpdplay.Config{}) }
+
+func (p *pipe) handshakeWith(cfg smtpdplay.Config) {
 	p.t.Helper()
-	for _, l := range lines {
-		if _, err := io.WriteString(p.in, l+"\n"); err != nil {
+	var err error
+	if p.play, err = smtpdplay.Start(p.in, p.out, cfg); err != nil {
+		p.t.Fatal(err)
+	}
+	p.s = p.play.NewSession()
+}
+
+// finish closes the gateway's stdin, reads its stdout to the end and
+// fails the test on any line smtpd would not take or nobody expected:
+// "these lines, then nothing".
+func (p *pipe) finish() {
+	p.t.Helper()
+	if p.finished {
+		return
+	}
+	p.finished = true
+	if err := p.play.Close(); err != nil {
+		p.t.Errorf("the gateway's output: %v", err)
+	}
+}
+
+// observe makes o hear what the gateway does; call it before handshake.
+func (p *pipe) observe(o Observer) { p.watch.Observer = o }
+
+// sessionWatch passes every event on, and signals each closed session so
+// that waitSessions waits for the event rather than polling.
+type sessionWatch struct {
+	Observer
+	closed chan struct{}
+}
+
+func (w *sessionWatch) SessionClosed(id string) {
+	w.Observer.SessionClosed(id)
+	select {
+	case w.closed <- struct{}{}:
+	default:
+	}
+}
+
+// waitSessions waits until n sessions are live. The gateway counts a
+// session gone before it tells the observer.
+func (p *pipe) waitSessions(n int) {
+	p.t.Helper()
+	deadline := time.NewTimer(5 * time.Second)
+	defer deadline.Stop()
+	for p.g.Sessions() != n {
+		select {
+		case <-p.watch.closed:
+		case <-deadline.C:
+			p.t.Fatalf("%d sessions still live, want %d", p.g.Sessions(), n)
+		}
+	}
+}
+
+// smtpdLine is a line smtpd writes for the pipe's session: a report or a
+// filter request.
+type smtpdLine struct {
+	report bool
+	name   string // event or phase
+	fields []string
+}
+
+func rep(event string, fields ...string) smtpdLine {
+	return smtpdLine{report: true, name: event, fields: fields}
+}
+
+func req(phase, param string) smtpdLine { return smtpdLine{name: phase, fields: []string{param}} }
+
+// filterLine is a line the gateway writes for the pipe's session: the
+// answer to the last request, or a data line of the current message.
+type filterLine struct {
+	data bool
+	text string
+}
+
+func result(decision string) filterLine { return filterLine{text: decision} }
+
+func dataline(l string) filterLine { return filterLine{data: true, text: l} }
+
+// send writes the lines for the pipe's session, a fresh token for each
+// request. The data lines of a message share one token, started by its
+// data request (or by a data line that comes first); consecutive data
+// lines go in one write, as smtpd writes them under load.
+func (p *pipe) send(ls ...smtpdLine) {
+	p.t.Helper()
+	for i := 0; i < len(ls); i++ {
+		l := ls[i]
+		var err error
+		switch {
+		case l.report:
+			err = p.s.Report(l.name, l.fields...)
+		case l.name == "data-line":
+			var lines []string
+			for ; i < len(ls) && !ls[i].report && ls[i].name == "data-line"; i++ {
+				lines = append(lines, ls[i].fields[0])
+			}
+			i--
+			if p.data == (smtpdplay.Token{}) {
+				p.data = p.s.StartData()
+			}
+			err = p.s.SendData(p.data, lines...)
+		default:
+			p.tok, err = p.s.Request(l.name, l.fields[0])
+			if l.name == "data" {
+				p.data = p.s.StartData()
+			}
+		}
+		if err != nil {
 			p.t.Fatal(err)
 		}
 	}
 }
 
-func (p *pipe) read() string {
+// expect checks that the gateway's next lines for the pipe's session are
+// exactly want.
+func (p *pipe) expect(want ...filterLine) {
 	p.t.Helper()
-	type res struct {
-		s   string
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() { s, err := p.out.ReadString('\n'); ch <- res{s, err} }()
-	select {
-	case r := <-ch:
-		if r.err != nil {
-			p.t.Fatalf("reading the gateway's output: %v", r.err)
+	lines := make([]string, len(want))
+	for i, w := range want {
+		if w.data {
+			lines[i] = p.s.WantData(p.data, w.text)
+		} else {
+			lines[i] = p.s.WantResult(p.tok, w.text)
 		}
-		return strings.TrimSuffix(r.s, "\n")
-	case <-time.After(5 * time.Second):
-		p.t.Fatal("no output from the gateway within 5s")
 	}
-	return ""
+	if err := p.s.Expect(lines...); err != nil {
+		p.t.Fatal(err)
+	}
 }
 
-func (p *pipe) expect(want ...string) {
+// next returns the gateway's next line for the pipe's session.
+func (p *pipe) next() smtpdplay.Answer {
 	p.t.Helper()
-	for _, w := range want {
-		if got := p.read(); got != w {
-			p.t.Fatalf("gateway wrote\n  %q\nwant\n  %q", got, w)
-		}
+	a, err := p.s.Next()
+	if err != nil {
+		p.t.Fatal(err)
 	}
+	return a
 }
-
-func (p *pipe) handshake() {
-	p.t.Helper()
-	p.send("config|smtpd-version|6.8.0p2", "config|smtp-session-timeout|300", "config|subsystem|smtp-in",
-		"config|admd|mx.test.example", "config|ready")
-	for {
-		l := p.read()
-		if l == "register|ready" {
-			return
-		}
-		if !strings.HasPrefix(l, "register|") {
-			p.t.Fatalf("unexpected line during handshake: %q", l)
-		}
-	}
-}
-
-const (
-	sid = "cda4ad7207385219"
-	tok = "e4c8847d2b7a625b"
-)
-
-func rep(event string, fields ...string) string {
-	return strings.Join(append([]string{"report|0.6|1795504415.685235|smtp-in|" + event + "|" + sid}, fields...), "|")
-}
-
-func req(phase, param string) string {
-	return "filter|0.6|1795504415.685300|smtp-in|" + phase + "|" + sid + "|" + tok + "|" + param
-}
-
-func result(decision string) string { return "filter-result|" + sid + "|" + tok + "|" + decision }
-
-func dataline(l string) string { return "filter-dataline|" + sid + "|" + tok + "|" + l }
 
 // openSession plays smtpd from connect to the data phase.
 func (p *pipe) openSession(rcpts ...string) {
@@ -186,10 +279,11 @@ func (p *pipe) sendMessage(lines []string) {
 	p.t.Helper()
 	p.send(req("data", ""))
 	p.expect(result("proceed"))
+	batch := make([]smtpdLine, 0, len(lines)+1)
 	for _, l := range lines {
-		p.send(req("data-line", l))
+		batch = append(batch, req("data-line", l))
 	}
-	p.send(req("data-line", "."))
+	p.send(append(batch, req("data-line", "."))...)
 }
 
 func TestPassthroughIsByteExact(t *testing.T) {
@@ -226,18 +320,7 @@ func TestPassthroughIsByteExact(t *testing.T) {
 	if seen.Macros["i"] != "2a4946c4" || seen.Macros["j"] != "mx.test.example" || seen.Macros["client_addr"] != "127.0.0.1" {
 		t.Errorf("macros seen at end of message: %v", seen.Macros)
 	}
-	waitSessions(t, p.g, 0)
-}
-
-func waitSessions(t *testing.T, g *Gateway, n int) {
-	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
-	for g.Sessions() != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d sessions still live, want %d", g.Sessions(), n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	p.waitSessions(0)
 }
 
 func TestHeaderChangesAreApplied(t *testing.T) {
@@ -336,28 +419,54 @@ func TestUnreachableMilterGetsTheDefaultAction(t *testing.T) {
 func TestProtocol04AnswersTokenFirst(t *testing.T) {
 	srv := miltertest.Start(t, miltertest.Script{})
 	p := startGateway(t, Tempfail, srv.Spec)
-	p.handshake()
-	p.send("filter|0.4|1795504415.685300|smtp-in|connect|" + sid + "|" + tok + "|localhost|127.0.0.1")
-	p.expect("filter-result|" + tok + "|" + sid + "|proceed")
+	p.handshakeWith(smtpdplay.Config{Protocol: compat.Version{Major: 0, Minor: 4}})
+	p.send(req("connect", "localhost|127.0.0.1"))
+	if a := p.next(); a.Line != "filter-result|"+p.tok.String()+"|"+p.s.ID()+"|proceed" {
+		t.Errorf("gateway answered %q, want filter-result|TOKEN|SESSION|proceed", a.Line)
+	}
 }
 
+// Lines smtpd never sends are logged and skipped: nothing is written for
+// them, and the session they name still gets exactly the answers to its
+// valid requests, then nothing more.
 func TestMalformedLinesAreSkipped(t *testing.T) {
 	srv := miltertest.Start(t, miltertest.Script{})
 	p := startGateway(t, Tempfail, srv.Spec)
 	p.handshake()
-	p.send("garbage", "report|0.6", "filter|x.y|1|smtp-in|connect|"+sid+"|"+tok+"|a|b")
+	const notAsked = "0123456789abcdef" // a token the player never asked: an answer for it fails the test
+	sid := p.s.ID()
+	if err := p.play.WriteLines(
+		"garbage",
+		"",
+		"report|0.6",
+		"filter|x.y|1795504415.685300|smtp-in|connect|"+sid+"|"+notAsked+"|a|b",            // bad version
+		"filter|0.6|1795504415.685300|smtp-in|connect|"+sid+"|not-hex|localhost|127.0.0.1", // bad token
+		"filter|0.6|1795504415.685300|smtp-in|connect|"+sid,                                // no token, no parameter
+		"filter|0.6||smtp-in|connect|"+sid+"|"+notAsked+"|localhost|127.0.0.1",             // no timestamp
+	); err != nil {
+		t.Fatal(err)
+	}
 	p.openSession("b@test.example")
+	p.sendMessage([]string{"Subject: x", "", "body"})
+	p.expect(dataline("Subject: x"), dataline(""), dataline("body"), dataline("."))
+	p.send(req("commit", ""))
+	p.expect(result("proceed"))
+	p.finish()
+	if got := srv.Seen(); len(got) != 1 || string(got[0].Body) != "body\r\n" {
+		t.Errorf("milter saw %d messages, want the one valid message", len(got))
+	}
 }
 
 func TestSessionsAnswerOutOfOrder(t *testing.T) {
 	// The milter holds the first session's HELO until the second session
 	// has been answered: one slow milter conversation must not hold up
 	// another session.
-	release := make(chan struct{})
+	release, held := make(chan struct{}), make(chan struct{})
 	var helos atomic.Int32
 	slow := miltertest.Start(t, miltertest.Script{
 		Helo: func() (*djmilter.Response, error) {
 			if helos.Add(1) == 1 {
+				close(held)
 				<-release
 			}
 			return djmilter.RespContinue, nil
@@ -365,21 +474,34 @@ func TestSessionsAnswerOutOfOrder(t *testing.T) {
 	})
 	p := startGateway(t, Tempfail, slow.Spec)
 	p.handshake()
-	s1, s2 := "1111111111111111", "2222222222222222"
-	line := func(s, phase, param string) string {
-		return "filter|0.6|1795504415.685300|smtp-in|" + phase + "|" + s + "|" + tok + "|" + param
-	}
-	p.send(line(s1, "connect", "localhost|127.0.0.1"), line(s2, "connect", "localhost|127.0.0.1"))
-	got := map[string]bool{p.read(): true, p.read(): true}
-	if !got["filter-result|"+s1+"|"+tok+"|proceed"] || !got["filter-result|"+s2+"|"+tok+"|proceed"] {
-		t.Fatalf("connect answers: %v", got)
-	}
-	p.send(line(s1, "helo", "slow.example"))
-	time.Sleep(100 * time.Millisecond) // s1's HELO reaches the milter first
-	p.send(line(s2, "helo", "fast.example"))
-	p.expect("filter-result|" + s2 + "|" + tok + "|proceed")
+	s1, s2 := p.play.NewSession(), p.play.NewSession()
+	c1, c2 := p.request(s1, "connect", "localhost|127.0.0.1"), p.request(s2, "connect", "localhost|127.0.0.1")
+	p.expectOn(s1, s1.WantResult(c1, "proceed"))
+	p.expectOn(s2, s2.WantResult(c2, "proceed"))
+	h1 := p.request(s1, "helo", "slow.example")
+	<-held // s1's HELO is at the milter, which holds it
+	h2 := p.request(s2, "helo", "fast.example")
+	p.expectOn(s2, s2.WantResult(h2, "proceed"))
 	close(release)
-	p.expect("filter-result|" + s1 + "|" + tok + "|proceed")
+	p.expectOn(s1, s1.WantResult(h1, "proceed"))
+}
+
+// request sends a request for session s and returns its token.
+func (p *pipe) request(s *smtpdplay.Session, phase, param string) smtpdplay.Token {
+	p.t.Helper()
+	tok, err := s.Request(phase, param)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return tok
+}
+
+// expectOn checks that the gateway's next lines for s are exactly want.
+func (p *pipe) expectOn(s *smtpdplay.Session, want ...string) {
+	p.t.Helper()
+	if err := s.Expect(want...); err != nil {
+		p.t.Fatal(err)
+	}
 }
 
 func TestStrayDataLineIsDropped(t *testing.T) {
@@ -395,28 +517,27 @@ func TestStrayDataLineIsDropped(t *testing.T) {
 	p.expect(dataline("Subject: x"), dataline(""), dataline("b"), dataline("."))
 	p.send(req("data-line", "stray after"), req("commit", ""))
 	p.expect(result("proceed"))
+	p.finish() // and nothing else: no answer to either stray line
 }
 
 func TestIdleSessionIsFreed(t *testing.T) {
 	srv := miltertest.Start(t, miltertest.Script{})
 	p := startGateway(t, Tempfail, srv.Spec)
-	p.send("config|smtpd-version|7.8.0", "config|smtp-session-timeout|1", "config|ready")
-	for p.read() != "register|ready" {
-	}
+	p.handshakeWith(smtpdplay.Config{SmtpdVersion: "7.8.0", SessionTimeout: 1})
 	p.openSession("b@test.example")
 	if p.g.Sessions() != 1 {
 		t.Fatalf("%d sessions, want 1", p.g.Sessions())
 	}
 	// smtpd never sends link-disconnect: the session goes after smtpd's
 	// own session timeout.
-	waitSessions(t, p.g, 0)
+	p.waitSessions(0)
 }
 
 func TestShutdownIsBounded(t *testing.T) {
-	release := make(chan struct{})
+	release, held := make(chan struct{}), make(chan struct{})
 	defer close(release)
 	srv := miltertest.Start(t, miltertest.Script{
-		Helo: func() (*djmilter.Response, error) { <-release; return djmilter.RespContinue, nil },
+		Helo: func() (*djmilter.Response, error) { close(held); <-release; return djmilter.RespContinue, nil },
 	})
 	p := startGateway(t, Tempfail, srv.Spec)
 	p.g.cfg.ShutdownTimeout = 200 * time.Millisecond
@@ -424,7 +545,8 @@ func TestShutdownIsBounded(t *testing.T) {
 	p.send(req("connect", "localhost|127.0.0.1"))
 	p.expect(result("proceed"))
 	p.send(req("helo", "stuck.example")) // the milter never answers in time
-	time.Sleep(50 * time.Millisecond)
+	<-held
+	p.s.Abandon() // smtpd is going: an answer to HELO would be dropped
 	start := time.Now()
 	_ = p.in.Close()
 	select {
@@ -477,9 +599,16 @@ func TestPerMilterDefaultAction(t *testing.T) {
 
 type recorder struct {
 	NopObserver
-	mu     sync.Mutex
-	stages []string
-	done   []string
+	mu       sync.Mutex
+	stages   []string
+	done     []string
+	buffered []string
+}
+
+func (r *recorder) MessageBuffered(_ string, bytes int64, spilled bool) {
+	r.mu.Lock()
+	r.buffered = append(r.buffered, fmt.Sprintf("%d spilled=%v", bytes, spilled))
+	r.mu.Unlock()
 }
 
 func (r *recorder) MilterReply(_, _, stage string, v milter.Verdict, _ time.Duration) {
@@ -498,7 +627,7 @@ func TestObserverHearsEachStage(t *testing.T) {
 	srv := miltertest.Start(t, miltertest.Script{})
 	p := startGateway(t, Tempfail, srv.Spec)
 	rec := &recorder{}
-	p.g.cfg.Observer = rec
+	p.observe(rec)
 	p.handshake()
 	p.openSession("b@test.example")
 	p.sendMessage([]string{"Subject: x", "", "body"})
@@ -526,6 +655,8 @@ func TestLargeMessageThroughASmallBuffer(t *testing.T) {
 	p := startGateway(t, Tempfail, srv.Spec)
 	p.g.cfg.BufferLimit = 1024
 	p.g.cfg.TempDir = t.TempDir()
+	rec := &recorder{}
+	p.observe(rec)
 	p.handshake()
 	p.openSession("b@test.example")
 	lines := []string{"Subject: big", ""}
@@ -549,6 +680,14 @@ func TestLargeMessageThroughASmallBuffer(t *testing.T) {
 	}
 	if used := p.g.budget.used.Load(); used != 0 {
 		t.Errorf("%d bytes of the budget still taken after the message", used)
+	}
+	// The message went through the temporary file, not around it.
+	p.send(rep("link-disconnect"))
+	p.waitSessions(0)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.buffered) != 1 || !strings.HasSuffix(rec.buffered[0], "spilled=true") {
+		t.Errorf("messages buffered: %q, want one, spilled", rec.buffered)
 	}
 }
 
@@ -588,13 +727,20 @@ func TestBrokenStdoutStopsRun(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- g.Run(inR, brokenWriter{}) }()
 	_, _ = io.WriteString(inW, "config|smtpd-version|6.8.0p2\nconfig|ready\n")
-	// Lines keep coming; Run notices the failed writes and stops.
+	// Lines keep coming until Run stops, as smtpd's would; Run notices
+	// the failed writes and stops. Each write waits for Run to read.
+	stop := make(chan struct{})
+	defer close(stop)
 	go func() {
-		for i := 0; i < 1000; i++ {
-			if _, err := io.WriteString(inW, rep("link-greeting", "x")+"\n"); err != nil {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := io.WriteString(inW, "report|0.6|1795504415.685235|smtp-in|link-greeting|cda4ad7207385219|x\n"); err != nil {
 				return
 			}
-			time.Sleep(time.Millisecond)
 		}
 	}()
 	select {
@@ -629,7 +775,7 @@ func TestReaderEchoLongMessage(t *testing.T) {
 		lines = append(lines, l)
 		body.WriteString(strings.TrimPrefix(l, ".") + "\r\n")
 	}
-	var batch []string
+	var batch []smtpdLine
 	for _, l := range lines {
 		batch = append(batch, req("data-line", l))
 	}
@@ -641,6 +787,7 @@ func TestReaderEchoLongMessage(t *testing.T) {
 	p.expect(dataline("."))
 	p.send(req("commit", ""))
 	p.expect(result("proceed"))
+	p.finish() // and nothing more: no line came back twice
 	if got := string(srv.Seen()[0].Body); got != body.String() {
 		t.Errorf("milter saw a body of %d bytes, want %d", len(got), body.Len())
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/filter-milter/filter-milter/compat"
 	"github.com/filter-milter/filter-milter/milter/miltertest"
 	"github.com/filter-milter/filter-milter/protocol"
+	"github.com/filter-milter/filter-milter/smtpdplay"
 )
 
 // TestReplayTranscripts plays every line real smtpd 6.8 (protocol 0.6) and
@@ -38,10 +39,10 @@ func replay(t *testing.T, file string) {
 	srv := miltertest.Start(t, miltertest.Script{})
 	p := startGateway(t, Tempfail, srv.Spec)
 
-	var config, lines []string
+	var cfg smtpdplay.Config
+	var lines []string
 	want := map[string][]string{}    // session -> expected answers in order
 	pending := map[string][]string{} // data lines not yet closed by "."
-	total := 0
 	sc := bufio.NewScanner(f)
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
@@ -55,16 +56,24 @@ func replay(t *testing.T, file string) {
 		}
 		switch e := ev.(type) {
 		case protocol.Config:
-			config = append(config, in)
+			// The player writes the handshake, with the transcript's values.
+			switch e.Key {
+			case "smtpd-version":
+				cfg.SmtpdVersion = e.Value
+			case "protocol":
+				cfg.AnnounceProtocol = true
+			}
 			continue
+		case protocol.Report:
+			cfg.Protocol = e.Version
 		case protocol.Request:
+			cfg.Protocol = e.Version
 			l := compat.For(e.Version)
 			if e.Phase == "data-line" {
 				b := protocol.AppendDataLine(nil, l, e.Session, e.Token, []byte(e.Param))
 				pending[e.Session] = append(pending[e.Session], strings.TrimSuffix(string(b), "\n"))
 				if e.Param == "." {
 					want[e.Session] = append(want[e.Session], pending[e.Session]...)
-					total += len(pending[e.Session])
 					delete(pending, e.Session)
 				}
 				break
@@ -75,32 +84,18 @@ func replay(t *testing.T, file string) {
 			delete(pending, e.Session)
 			b, _ := protocol.AppendResult(nil, l, e.Session, e.Token, protocol.Proceed, "")
 			want[e.Session] = append(want[e.Session], strings.TrimSuffix(string(b), "\n"))
-			total++
 		}
 		lines = append(lines, in)
 	}
-	p.send(config...)
-	for {
-		if l := p.read(); l == "register|ready" {
-			break
-		}
+	if len(want) == 0 {
+		t.Fatal("no filter request in the transcript")
 	}
-	p.send(lines...)
-	got := map[string][]string{}
-	for i := 0; i < total; i++ {
-		l := p.read()
-		f := strings.SplitN(l, "|", 4)
-		if len(f) < 4 {
-			t.Fatalf("answer %q", l)
-		}
-		got[f[1]] = append(got[f[1]], l)
+	p.handshakeWith(cfg)
+	if err := p.play.Replay(lines...); err != nil {
+		t.Fatal(err)
 	}
-	for s, w := range want {
-		if strings.Join(got[s], "\n") != strings.Join(w, "\n") {
-			t.Errorf("session %s: answers\n%s\nwant\n%s", s, strings.Join(got[s], "\n"), strings.Join(w, "\n"))
-		}
+	for id, w := range want {
+		p.expectOn(p.play.Session(id), w...)
 	}
-	if total == 0 {
-		t.Error("no filter request in the transcript")
-	}
+	p.finish() // and nothing else, for any session
 }

@@ -37,10 +37,11 @@ func TestLongMilterReplyIsCutAndLoggedOnce(t *testing.T) {
 	p.send(rep("protocol-client", "ehlo client.example"), req("ehlo", "client.example"))
 	p.expect(result("proceed"))
 	p.send(rep("protocol-client", "MAIL FROM:<a@test.example>"), req("mail-from", "a@test.example"))
-	got := p.read()
-	reply, ok := strings.CutPrefix(got, result("reject|"))
-	if !ok || len(reply) > protocol.MaxParam || !strings.HasPrefix(reply, "550 5.7.1 line 00 blah") || strings.HasSuffix(reply, " ") {
-		t.Fatalf("gateway answered %d bytes: %q", len(got), got)
+	a := p.next()
+	reply := a.Param
+	if a.Token != p.tok || a.Decision != protocol.Reject || len(reply) > protocol.MaxParam ||
+		!strings.HasPrefix(reply, "550 5.7.1 line 00 blah") || strings.HasSuffix(reply, " ") {
+		t.Fatalf("gateway answered %d bytes: %q", len(a.Line), a.Line)
 	}
 	cuts := seen.FilterMessage("reply too long for smtpd; cut at a word boundary").All()
 	if len(cuts) != 1 {
@@ -51,5 +52,5 @@ func TestLongMilterReplyIsCutAndLoggedOnce(t *testing.T) {
 		t.Errorf("log fields: milter %v, length %v, reply of %d bytes", f["milter"], f["length"], len(f["reply"].(string)))
 	}
 	p.send(rep("link-disconnect"))
-	waitSessions(t, p.g, 0)
+	p.waitSessions(0)
 }

@@ -281,24 +281,36 @@ func TestPlay(t *testing.T) {
 }
 
 func TestPlayFindsAChangedMessage(t *testing.T) {
-	p := start(t, echoFilter{answer: func(r protocol.Request, normal []string) []string {
-		if r.Param == "b" {
-			return []string{strings.TrimSuffix(normal[0], "b") + "B"}
-		}
-		return normal
-	}}, Config{})
-	steps := playScript(p, [][]byte{[]byte("a"), []byte("b")})
-	s := p.NewSession()
-	var err error
-	for _, st := range steps {
-		if err = s.Play(st); err != nil {
-			break
-		}
+	for _, c := range []struct {
+		name string
+		cfg  Config
+		edit func(line string) []string
+	}{
+		{"line dropped", Config{}, func(string) []string { return nil }},
+		{"line longer", Config{}, func(l string) []string { return []string{l + "b"} }},
+		{"same length, hashed", Config{HashDataLines: true}, func(l string) []string { return []string{strings.TrimSuffix(l, "b") + "B"} }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := start(t, echoFilter{answer: func(r protocol.Request, normal []string) []string {
+				if r.Param == "b" {
+					return c.edit(normal[0])
+				}
+				return normal
+			}}, c.cfg)
+			steps := playScript(p, [][]byte{[]byte("a"), []byte("b")})
+			s := p.NewSession()
+			var err error
+			for _, st := range steps {
+				if err = s.Play(st); err != nil {
+					break
+				}
+			}
+			if err == nil || !strings.Contains(err.Error(), "changed the message") {
+				t.Fatalf("Play = %v, want the changed line found", err)
+			}
+			must(t, p.Close())
+		})
 	}
-	if err == nil || !strings.Contains(err.Error(), "changed the message") {
-		t.Fatalf("Play = %v, want the changed line found", err)
-	}
-	must(t, p.Close())
 }
 
 func TestPlayFindsARefusal(t *testing.T) {
@@ -370,5 +382,46 @@ func TestAbandonDropsDueAnswers(t *testing.T) {
 	_, err := s.Request("connect", "localhost|127.0.0.1")
 	must(t, err)
 	s.Abandon()
+	must(t, p.Close())
+}
+
+// Sessions played at once from several goroutines each get their own
+// answers: the reader hands each line to its session.
+func TestConcurrentSessions(t *testing.T) {
+	p := start(t, echoFilter{}, Config{HashDataLines: true})
+	if !p.Registration().Filter("data-line") {
+		t.Fatal("the echo filter registered no data-line")
+	}
+	var body [][]byte
+	for i := range 500 {
+		body = append(body, fmt.Appendf(nil, "line %d", i))
+	}
+	steps := playScript(p, body)
+	errc := make(chan error, 8)
+	for range 8 {
+		mine := make([]*Step, len(steps))
+		for i, st := range steps {
+			mine[i] = st.Clone()
+		}
+		go func() {
+			s := p.NewSession()
+			for range 5 {
+				for _, st := range mine {
+					if err := s.Play(st); err != nil {
+						errc <- err
+						return
+					}
+				}
+				if err := s.Renew(); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- s.End()
+		}()
+	}
+	for range 8 {
+		must(t, <-errc)
+	}
 	must(t, p.Close())
 }

@@ -45,12 +45,20 @@ type asked struct {
 }
 
 // received is an answer in a session's queue. A played message's data
-// lines are not queued: its final "." is, with their count and hash.
+// lines are not queued: its final "." is, with what echoed counts.
 type received struct {
 	Answer
-	kind  tokenKind
-	lines int    // playedData: lines before "."
-	hash  uint64 // playedData: FNV-1a of them, each followed by '\n'
+	kind tokenKind
+	echo echoCount // playedData
+}
+
+// echoCount is what came back of a played message before its ".": the
+// lines, their bytes, and with Config.HashDataLines their FNV-1a (each
+// line followed by '\n'). Counting is what a benchmark can afford per
+// line; the hash also catches a line changed to one of the same length.
+type echoCount struct {
+	lines, bytes int
+	hash         uint64
 }
 
 // FNV-1a, 64 bits (hash/fnv), inlined so that counting a played
@@ -71,20 +79,25 @@ func fnvAdd(h uint64, b []byte) uint64 {
 // methods are for one goroutine at a time; the player's reader fills its
 // queue.
 type Session struct {
-	p     *Player
-	id    Token
-	timer *time.Timer
+	p       *Player
+	id      Token
+	timer   *time.Timer
+	written time.Time // when Play last finished writing
 
 	mu     sync.Mutex // guards what the reader shares with the session's goroutine
 	tokens map[Token]asked
 	queue  []received
 	head   int
-	lines  int    // the played message being echoed: lines so far
-	hash   uint64 // and their FNV-1a
 	signal chan struct{}
 	// abandoned: smtpd is done with the session while answers were due;
 	// they are checked and dropped, as smtpd drops them.
 	abandoned bool
+
+	// The reader's own, touched by no other goroutine: the token of the
+	// played message whose lines are coming back, and their count so far.
+	// Its lines are counted without the lock.
+	echoTok Token
+	echo    echoCount
 }
 
 // NewSession opens a session with a fresh random id. Until End, the
@@ -98,7 +111,7 @@ func (p *Player) NewSession() *Session {
 func (p *Player) newSession() *Session {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
-	return &Session{p: p, timer: t, tokens: map[Token]asked{}, hash: fnvOffset, signal: make(chan struct{}, 1)}
+	return &Session{p: p, timer: t, tokens: map[Token]asked{}, signal: make(chan struct{}, 1)}
 }
 
 func (p *Player) open(s *Session) {
@@ -121,6 +134,7 @@ func (s *Session) ID() string { return s.id.String() }
 func (s *Session) End() error {
 	s.p.mu.Lock()
 	delete(s.p.sessions, s.id)
+	s.p.ended.Add(1)
 	s.p.mu.Unlock()
 	return s.checkUnread()
 }
@@ -146,7 +160,7 @@ func (s *Session) Renew() error {
 	err := s.End()
 	s.mu.Lock()
 	clear(s.tokens)
-	s.queue, s.head, s.lines, s.hash, s.abandoned = s.queue[:0], 0, 0, fnvOffset, false
+	s.queue, s.head, s.abandoned = s.queue[:0], 0, false
 	s.mu.Unlock()
 	s.p.open(s)
 	return err
@@ -175,15 +189,26 @@ func (s *Session) checkUnread() error {
 
 func (r *received) describe() string {
 	if r.kind == playedData {
-		return fmt.Sprintf("%d data lines and \".\" of token %s", r.lines, r.Token)
+		return fmt.Sprintf("%d data lines and \".\" of token %s", r.echo.lines, r.Token)
 	}
 	return fmt.Sprintf("%q", quoteCut([]byte(r.Line)))
 }
 
-// receive takes one answer line from the player's reader. payload is
-// what follows SESSION|TOKEN|; l is the whole line. Both are the reader's
-// buffer: what is kept is copied.
-func (s *Session) receive(dataline bool, tok Token, payload, l []byte) {
+// receive takes one answer line from the player's reader: tokB is the
+// token as written, payload what follows SESSION|TOKEN|, l the whole line,
+// all in the reader's buffer: what is kept is copied.
+func (s *Session) receive(dataline bool, tokB, payload, l []byte) {
+	dot := len(payload) == 1 && payload[0] == '.'
+	if dataline && !dot && string(tokB) == string(s.echoTok[:]) {
+		s.count(payload) // most lines of a played message
+		return
+	}
+	var tok Token
+	if !isHex(tokB) {
+		s.p.fail("session %s: a token that is not 16 hex digits: %q", s.id, quoteCut(l))
+		return
+	}
+	copy(tok[:], tokB)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	a := s.tokens[tok]
@@ -206,17 +231,18 @@ func (s *Session) receive(dataline bool, tok Token, payload, l []byte) {
 		s.push(r)
 		return
 	}
-	dot := len(payload) == 1 && payload[0] == '.'
 	switch kind {
 	case playedData:
+		if tok != s.echoTok {
+			s.echoTok, s.echo = tok, echoCount{hash: fnvOffset}
+		}
 		if !dot {
-			s.lines++
-			s.hash = fnvAdd(s.hash, payload)
+			s.count(payload)
 			return
 		}
 		s.answered(tok, a)
-		s.push(received{Answer: Answer{Token: tok, DataLine: true, Param: "."}, kind: kind, lines: s.lines, hash: s.hash})
-		s.lines, s.hash = 0, fnvOffset
+		s.push(received{Answer: Answer{Token: tok, DataLine: true, Param: "."}, kind: kind, echo: s.echo})
+		s.echoTok, s.echo = Token{}, echoCount{}
 	case askedData:
 		if dot {
 			s.answered(tok, a)
@@ -224,6 +250,15 @@ func (s *Session) receive(dataline bool, tok Token, payload, l []byte) {
 		s.push(received{Answer: Answer{Token: tok, DataLine: true, Param: string(payload), Line: string(l)}, kind: kind})
 	default:
 		s.p.fail("session %s: filter-dataline for token %s, %s: %q", s.id, tok, s.tokenState(kind), quoteCut(l))
+	}
+}
+
+// count counts one line of the played message coming back.
+func (s *Session) count(payload []byte) {
+	s.echo.lines++
+	s.echo.bytes += len(payload)
+	if s.p.cfg.HashDataLines {
+		s.echo.hash = fnvAdd(s.echo.hash, payload)
 	}
 }
 

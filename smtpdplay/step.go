@@ -75,10 +75,12 @@ type Step struct {
 	toks   []int // offsets of the token in buf
 	sid    Token // the session id patched in last
 	await  stepAwait
-	what   string // the request's phase, for errors
-	lines  int    // awaitMessage: data lines sent before "."
-	hash   uint64 // and their FNV-1a, to check what comes back
+	what   string    // the request's phase, for errors
+	sent   echoCount // awaitMessage: the data lines sent before ".", to check what comes back
 }
+
+// Size is the number of bytes Play writes for the step.
+func (st *Step) Size() int { return len(st.buf) }
 
 // Clone returns a copy of st for another goroutine.
 func (st *Step) Clone() *Step {
@@ -170,14 +172,15 @@ func (b *Steps) Message(lines [][]byte) *Step {
 	if !b.p.reg.Filter("data-line") {
 		return b.end()
 	}
-	h := uint64(fnvOffset)
+	sent := echoCount{lines: len(lines), hash: fnvOffset}
 	for _, l := range lines {
 		b.request("data-line", l)
-		h = fnvAdd(h, l)
+		sent.bytes += len(l)
+		sent.hash = fnvAdd(sent.hash, l)
 	}
 	b.request("data-line", []byte("."))
 	st := b.end()
-	st.await, st.what, st.lines, st.hash = awaitMessage, "data-line", len(lines), h
+	st.await, st.what, st.sent = awaitMessage, "data-line", sent
 	return st
 }
 
@@ -212,6 +215,7 @@ func (s *Session) Play(st *Step) error {
 		}
 		from = to
 	}
+	s.written = time.Now()
 	if st.await == awaitNothing {
 		return nil
 	}
@@ -224,9 +228,18 @@ func (s *Session) Play(st *Step) error {
 		return fmt.Errorf("session %s: %s: the filter wrote %s, not the answer to token %s", s.id, st.what, r.describe(), tok)
 	case st.await == awaitResult && r.Decision != protocol.Proceed:
 		return fmt.Errorf("session %s: %s: the filter answered %s %q", s.id, st.what, r.Decision, r.Param)
-	case st.await == awaitMessage && (r.lines != st.lines || r.hash != st.hash):
-		return fmt.Errorf("session %s: %d data lines came back (FNV-1a %x), want the %d sent (%x): the filter changed the message",
-			s.id, r.lines, r.hash, st.lines, st.hash)
+	case st.await == awaitMessage && !s.p.sameEcho(r.echo, st.sent):
+		return fmt.Errorf("session %s: %d data lines of %d bytes came back (FNV-1a %x), want the %d of %d bytes sent (%x): the filter changed the message",
+			s.id, r.echo.lines, r.echo.bytes, r.echo.hash, st.sent.lines, st.sent.bytes, st.sent.hash)
 	}
 	return nil
+}
+
+// Written is when the last step played finished writing: for a message,
+// when its "." went out, from which a load generator times the commit.
+func (s *Session) Written() time.Time { return s.written }
+
+// sameEcho reports whether what came back is what was sent.
+func (p *Player) sameEcho(got, sent echoCount) bool {
+	return got.lines == sent.lines && got.bytes == sent.bytes && (!p.cfg.HashDataLines || got.hash == sent.hash)
 }

@@ -28,10 +28,16 @@ func (s *Session) PlayMessage(lines [][]byte, written func(dataBytes int)) error
 	ts := timestamp()
 	bp := streamBufs.Get().(*[]byte)
 	defer func() { *bp = (*bp)[:0]; streamBufs.Put(bp) }()
-	b, n, h := (*bp)[:0], 0, uint64(fnvOffset)
+	b, n := (*bp)[:0], 0
+	sent := echoCount{hash: fnvOffset}
 	for _, l := range lines {
 		b = appendRequest(s.p, b, ts, "data-line", s.id, tok, l)
-		h, n = fnvAdd(h, l), n+len(l)
+		n += len(l)
+		sent.lines++
+		sent.bytes += len(l)
+		if s.p.cfg.HashDataLines {
+			sent.hash = fnvAdd(sent.hash, l)
+		}
 		if len(b) < maxWrite {
 			continue
 		}
@@ -59,9 +65,9 @@ func (s *Session) PlayMessage(lines [][]byte, written func(dataBytes int)) error
 	switch {
 	case r.Token != tok || r.kind != playedData:
 		return fmt.Errorf("session %s: data-line: the filter wrote %s, not the data lines of token %s", s.id, r.describe(), tok)
-	case r.lines != len(lines) || r.hash != h:
-		return fmt.Errorf("session %s: %d data lines came back (FNV-1a %x), want the %d sent (%x): the filter changed the message",
-			s.id, r.lines, r.hash, len(lines), h)
+	case !s.p.sameEcho(r.echo, sent):
+		return fmt.Errorf("session %s: %d data lines of %d bytes came back (FNV-1a %x), want the %d of %d bytes sent (%x): the filter changed the message",
+			s.id, r.echo.lines, r.echo.bytes, r.echo.hash, sent.lines, sent.bytes, sent.hash)
 	}
 	return nil
 }
