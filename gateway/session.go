@@ -120,23 +120,30 @@ func (s *session) finish() {
 	s.closeMilters()
 	s.dropMessage()
 	s.flush()
+	putBuf(s.out)
+	s.out = nil
 }
 
 const flushSize = 32 << 10
 
 // dataLineOut queues a data line for smtpd.
 func dataLineOut[L string | []byte](s *session, token string, line L) {
+	s.out = growBuf(s.out, len(line)+len(s.id)+len(token)+len("filter-dataline|||\n"))
 	s.out = protocol.AppendDataLine(s.out, s.layout, s.id, token, line)
 }
 
 // flush hands the queued lines to the writer, which has written or copied
-// them when send returns, so the buffer is reused. A buffer grown by a
-// long burst is let go rather than kept for the session's life.
+// them when send returns, so the buffer stays the session's. It comes from
+// the buffer pool and goes back when the session ends (finish): sessions
+// are short, most one message long, and a fresh buffer grown for each cost
+// more than the rest of an echo (see bufpool.go). One grown by a long
+// burst goes back at once rather than be kept for the session's life.
 func (s *session) flush() {
 	if len(s.out) > 0 {
 		s.g.out.send(s.out)
 		s.out = s.out[:0]
 		if cap(s.out) > 2*flushSize {
+			putBuf(s.out)
 			s.out = nil
 		}
 	}
@@ -223,6 +230,7 @@ func (s *session) send(r protocol.Request, a answer) {
 		s.replyCut("", a.reply)
 		a.reply, _ = fitReply(a.reply)
 	}
+	s.out = growBuf(s.out, 64+len(r.Session)+len(r.Token)+len(a.reply))
 	var err error
 	s.out, err = protocol.AppendResult(s.out, s.layout, r.Session, r.Token, a.decision, a.reply)
 	if err != nil {
