@@ -153,12 +153,16 @@ func (s *session) finishData(token string, filter bool) {
 
 // dropMessage frees the message buffer and its temporary file.
 func (s *session) dropMessage() {
-	if s.msg != nil {
-		if s.msg.st.count() > 0 {
-			s.g.cfg.Observer.MessageBuffered(s.id, s.msg.st.size(), s.msg.st.spilled())
-		}
-		s.msg.release()
-		s.msg = nil
+	m := s.msg
+	if m == nil {
+		return
+	}
+	// The message is gone before anything below runs: a panic here (in
+	// the observer) must not find it and write it back a second time.
+	s.msg = nil
+	defer m.release()
+	if m.st.count() > 0 {
+		s.g.cfg.Observer.MessageBuffered(s.id, m.st.size(), m.st.spilled())
 	}
 }
 

@@ -80,3 +80,40 @@ func TestPanicAtEndOfMessage(t *testing.T) {
 		t.Fatalf("next MAIL after the panic: %q, want %q", got, tempfail)
 	}
 }
+
+// panicAtRelease is an observer that panics when a buffered message is
+// released, after its "." has been written.
+type panicAtRelease struct{ NopObserver }
+
+func (panicAtRelease) MessageBuffered(string, int64, bool) { panic("test: internal error at release") }
+
+// A panic once the message is back (its "." written) does not write the
+// message, or its ".", a second time: smtpd takes one "." per message.
+func TestPanicAfterEndOfMessage(t *testing.T) {
+	srv := miltertest.Start(t, miltertest.Script{})
+	c, err := milter.ParseConfig(srv.Spec, milter.DefaultOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	g := New(Config{Milters: []*milter.Pool{milter.NewPool(c)}, DefaultAction: Tempfail, Log: zap.NewNop(), Observer: panicAtRelease{}})
+	g.out = newWriter(&out)
+	const sid, tok = "0123456789abcdef", "fedcba9876543210"
+	s := &session{g: g, id: sid, log: g.log, q: newQueue(), macros: milter.NewMacros(), commit: proceed}
+	defer s.finish()
+	for _, l := range []string{"connect|localhost|127.0.0.1", "ehlo|client.example", "mail-from|a@test.example",
+		"rcpt-to|b@test.example", "data|", "data-line|Subject: x", "data-line|", "data-line|body", "data-line|."} {
+		var pl protocol.Line
+		if err := protocol.ParseLine("filter|0.7|1795504415.685300|smtp-in|"+l[:strings.IndexByte(l, '|')]+"|"+sid+"|"+tok+l[strings.IndexByte(l, '|'):], &pl); err != nil {
+			t.Fatal(err)
+		}
+		s.handle(&pl)
+	}
+	s.flush()
+	if n := strings.Count(out.String(), "filter-dataline|"+sid+"|"+tok+"|.\n"); n != 1 {
+		t.Fatalf("%d \".\" lines written, want 1:\n%s", n, out.String())
+	}
+	if n := strings.Count(out.String(), "|Subject: x\n"); n != 1 {
+		t.Fatalf("the message was written %d times, want once:\n%s", n, out.String())
+	}
+}
