@@ -13,6 +13,65 @@ import (
 	"github.com/filter-milter/filter-milter/protocol"
 )
 
+const testSID, testTok = "0123456789abcdef", "fedcba9876543210"
+
+// directSession is a session with one milter that accepts everything,
+// driven by the test itself rather than by its goroutine, writing into a
+// buffer.
+type directSession struct {
+	t   *testing.T
+	s   *session
+	out bytes.Buffer
+}
+
+func newDirectSession(t *testing.T, obs Observer) *directSession {
+	srv := miltertest.Start(t, miltertest.Script{})
+	c, err := milter.ParseConfig(srv.Spec, milter.DefaultOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &directSession{t: t}
+	g := New(Config{Milters: []*milter.Pool{milter.NewPool(c)}, DefaultAction: Tempfail, Log: zap.NewNop(), Observer: obs})
+	g.out = newWriter(&d.out)
+	d.s = &session{g: g, id: testSID, log: g.log, q: newQueue(), macros: milter.NewMacros(), commit: proceed}
+	t.Cleanup(d.s.finish)
+	return d
+}
+
+// request has the session handle one filter request and returns what it
+// wrote for it.
+func (d *directSession) request(phase protocol.Phase, param string) string {
+	d.t.Helper()
+	var l protocol.Line
+	if err := protocol.ParseLine("filter|0.7|1795504415.685300|smtp-in|"+string(phase)+"|"+testSID+"|"+testTok+"|"+param, &l); err != nil {
+		d.t.Fatal(err)
+	}
+	d.out.Reset()
+	d.s.handle(&l)
+	d.s.flush()
+	return d.out.String()
+}
+
+// toData plays a session up to an accepted DATA.
+func (d *directSession) toData() {
+	d.t.Helper()
+	for _, st := range []struct {
+		phase protocol.Phase
+		param string
+	}{{protocol.PhaseConnect, "localhost|127.0.0.1"}, {protocol.PhaseEhlo, "client.example"},
+		{protocol.PhaseMailFrom, "a@test.example"}, {protocol.PhaseRcptTo, "b@test.example"}, {protocol.PhaseData, ""}} {
+		if got := d.request(st.phase, st.param); got != testAnswer("proceed") {
+			d.t.Fatalf("%s: %q", st.phase, got)
+		}
+	}
+}
+
+func testAnswer(a string) string { return "filter-result|" + testSID + "|" + testTok + "|" + a + "\n" }
+
+func testDataLine(l string) string {
+	return "filter-dataline|" + testSID + "|" + testTok + "|" + l + "\n"
+}
+
 // panicAtHeader is an observer that panics when the header stage of a
 // message is observed: an internal error in the middle of end of message.
 type panicAtHeader struct{ NopObserver }
@@ -28,55 +87,24 @@ func (panicAtHeader) MilterReply(_, _, stage string, _ milter.Verdict, _ time.Du
 // action, and so does every later request of the session (the milters are
 // gone).
 func TestPanicAtEndOfMessage(t *testing.T) {
-	srv := miltertest.Start(t, miltertest.Script{})
-	c, err := milter.ParseConfig(srv.Spec, milter.DefaultOptions)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	g := New(Config{Milters: []*milter.Pool{milter.NewPool(c)}, DefaultAction: Tempfail, Log: zap.NewNop(), Observer: panicAtHeader{}})
-	g.out = newWriter(&out)
-	const sid, tok = "0123456789abcdef", "fedcba9876543210"
-	s := &session{g: g, id: sid, log: g.log, q: newQueue(), macros: milter.NewMacros(), commit: proceed}
-	defer s.finish()
-	request := func(phase protocol.Phase, param string) string {
-		t.Helper()
-		var l protocol.Line
-		if err := protocol.ParseLine("filter|0.7|1795504415.685300|smtp-in|"+string(phase)+"|"+sid+"|"+tok+"|"+param, &l); err != nil {
-			t.Fatal(err)
-		}
-		out.Reset()
-		s.handle(&l)
-		s.flush()
-		return out.String()
-	}
-	answer := func(a string) string { return "filter-result|" + sid + "|" + tok + "|" + a + "\n" }
-	for _, st := range []struct {
-		phase protocol.Phase
-		param string
-	}{{protocol.PhaseConnect, "localhost|127.0.0.1"}, {protocol.PhaseEhlo, "client.example"},
-		{protocol.PhaseMailFrom, "a@test.example"}, {protocol.PhaseRcptTo, "b@test.example"}, {protocol.PhaseData, ""}} {
-		if got := request(st.phase, st.param); got != answer("proceed") {
-			t.Fatalf("%s: %q", st.phase, got)
-		}
-	}
-	message := []string{"Subject: x", "", ".dot-stuffed", "body"}
+	d := newDirectSession(t, panicAtHeader{})
+	d.toData()
 	var want strings.Builder
-	for _, l := range message {
-		if got := request(protocol.PhaseDataLine, l); got != "" {
+	for _, l := range []string{"Subject: x", "", ".dot-stuffed", "body"} {
+		if got := d.request(protocol.PhaseDataLine, l); got != "" {
 			t.Fatalf("data line %q answered before the end of the message: %q", l, got)
 		}
-		want.WriteString("filter-dataline|" + sid + "|" + tok + "|" + l + "\n")
+		want.WriteString(testDataLine(l))
 	}
-	want.WriteString("filter-dataline|" + sid + "|" + tok + "|.\n")
-	if got := request(protocol.PhaseDataLine, "."); got != want.String() {
+	want.WriteString(testDataLine("."))
+	if got := d.request(protocol.PhaseDataLine, "."); got != want.String() {
 		t.Fatalf("after a panic at end of message the gateway wrote\n%s\nwant\n%s", got, want.String())
 	}
-	tempfail := answer("reject|" + replyTempfail)
-	if got := request(protocol.PhaseCommit, ""); got != tempfail {
+	tempfail := testAnswer("reject|" + replyTempfail)
+	if got := d.request(protocol.PhaseCommit, ""); got != tempfail {
 		t.Fatalf("commit after the panic: %q, want %q", got, tempfail)
 	}
-	if got := request(protocol.PhaseMailFrom, "c@test.example"); got != tempfail {
+	if got := d.request(protocol.PhaseMailFrom, "c@test.example"); got != tempfail {
 		t.Fatalf("next MAIL after the panic: %q, want %q", got, tempfail)
 	}
 }
@@ -87,33 +115,17 @@ type panicAtRelease struct{ NopObserver }
 
 func (panicAtRelease) MessageBuffered(string, int64, bool) { panic("test: internal error at release") }
 
-// A panic once the message is back (its "." written) does not write the
-// message, or its ".", a second time: smtpd takes one "." per message.
+// A panic once the message is back (its "." written) is contained, and
+// does not write the message, or its ".", a second time: smtpd takes one
+// "." per message.
 func TestPanicAfterEndOfMessage(t *testing.T) {
-	srv := miltertest.Start(t, miltertest.Script{})
-	c, err := milter.ParseConfig(srv.Spec, milter.DefaultOptions)
-	if err != nil {
-		t.Fatal(err)
+	d := newDirectSession(t, panicAtRelease{})
+	d.toData()
+	for _, l := range []string{"Subject: x", "", "body"} {
+		d.request(protocol.PhaseDataLine, l)
 	}
-	var out bytes.Buffer
-	g := New(Config{Milters: []*milter.Pool{milter.NewPool(c)}, DefaultAction: Tempfail, Log: zap.NewNop(), Observer: panicAtRelease{}})
-	g.out = newWriter(&out)
-	const sid, tok = "0123456789abcdef", "fedcba9876543210"
-	s := &session{g: g, id: sid, log: g.log, q: newQueue(), macros: milter.NewMacros(), commit: proceed}
-	defer s.finish()
-	for _, l := range []string{"connect|localhost|127.0.0.1", "ehlo|client.example", "mail-from|a@test.example",
-		"rcpt-to|b@test.example", "data|", "data-line|Subject: x", "data-line|", "data-line|body", "data-line|."} {
-		var pl protocol.Line
-		if err := protocol.ParseLine("filter|0.7|1795504415.685300|smtp-in|"+l[:strings.IndexByte(l, '|')]+"|"+sid+"|"+tok+l[strings.IndexByte(l, '|'):], &pl); err != nil {
-			t.Fatal(err)
-		}
-		s.handle(&pl)
-	}
-	s.flush()
-	if n := strings.Count(out.String(), "filter-dataline|"+sid+"|"+tok+"|.\n"); n != 1 {
-		t.Fatalf("%d \".\" lines written, want 1:\n%s", n, out.String())
-	}
-	if n := strings.Count(out.String(), "|Subject: x\n"); n != 1 {
-		t.Fatalf("the message was written %d times, want once:\n%s", n, out.String())
+	want := testDataLine("Subject: x") + testDataLine("") + testDataLine("body") + testDataLine(".")
+	if got := d.request(protocol.PhaseDataLine, "."); got != want {
+		t.Fatalf("end of message with a panic at release wrote\n%s\nwant\n%s", got, want)
 	}
 }
