@@ -115,13 +115,13 @@ func loadConfig(path string, s *Settings) error {
 		s.MaxModificationBytes = fc.MaxModificationBytes
 	}
 	if def("discard") {
-		s.Policy.Discard = string(fc.Discard)
+		s.Policy.Discard = gateway.DiscardPolicy(fc.Discard)
 	}
 	if def("quarantine") {
-		s.Policy.Quarantine = string(fc.Quarantine)
+		s.Policy.Quarantine = gateway.QuarantinePolicy(fc.Quarantine)
 	}
 	if def("envelope_change") {
-		s.Policy.Envelope = string(fc.EnvelopeChange)
+		s.Policy.Envelope = gateway.EnvelopePolicy(fc.EnvelopeChange)
 	}
 	if def("hostname") {
 		s.Hostname = fc.Hostname

@@ -8,8 +8,10 @@ import (
 // Byte buffers are recycled by size class (powers of two from 4 KiB to
 // 1 MiB): every message used to grow a fresh buffer for its lines and
 // another for the lines written back, which made allocation the largest
-// cost at 100 KB. Idle buffers in a sync.Pool are freed by the GC, so the
-// pool holds no memory the process does not use.
+// cost at 100 KB. Each buffer has one owner, which gets it here and puts
+// it back itself: a message store (store.go) in release, a session its
+// out buffer in finish. Idle buffers in a sync.Pool are freed by the GC,
+// so the pool holds no memory the process does not use.
 const (
 	minClassShift = 12 // 4 KiB
 	maxClassShift = 20 // 1 MiB

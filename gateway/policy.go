@@ -48,30 +48,79 @@ func (a Action) String() string {
 // silent drop, no quarantine and no envelope change after RCPT, and its
 // own "junk" cannot be answered at commit (smtpd dies on it).
 type Policy struct {
-	Discard    string // "reject" (default): 550 5.7.1; "junk": deliver marked X-Spam: yes
-	Quarantine string // "mark" (default): deliver marked X-Spam: yes; "reject"; "tempfail"
-	Envelope   string // "tempfail" (default); "reject"; "ignore": deliver, a warning per change
+	Discard    DiscardPolicy    // a milter's DISCARD
+	Quarantine QuarantinePolicy // a milter's QUARANTINE
+	Envelope   EnvelopePolicy   // a milter's sender or recipient change at end of message
+}
+
+// DiscardPolicy is what a milter's DISCARD does to the message.
+type DiscardPolicy string
+
+const (
+	DiscardReject DiscardPolicy = "reject" // 550 5.7.1 at commit (the default)
+	DiscardJunk   DiscardPolicy = "junk"   // deliver it marked X-Spam: yes
+)
+
+// QuarantinePolicy is what a milter's QUARANTINE does to the message.
+type QuarantinePolicy string
+
+const (
+	QuarantineMark     QuarantinePolicy = "mark"     // deliver it marked X-Spam: yes (the default)
+	QuarantineReject   QuarantinePolicy = "reject"   // 550 5.7.1 at commit
+	QuarantineTempfail QuarantinePolicy = "tempfail" // 451 4.7.1 at commit
+)
+
+// EnvelopePolicy is what a milter's envelope change at end of message
+// does to the message.
+type EnvelopePolicy string
+
+const (
+	EnvelopeTempfail EnvelopePolicy = "tempfail" // 451 4.7.1 at commit (the default)
+	EnvelopeReject   EnvelopePolicy = "reject"   // 550 5.7.1 at commit
+	EnvelopeIgnore   EnvelopePolicy = "ignore"   // deliver it unchanged, a warning per change
+)
+
+// ParseDiscardPolicy reads a discard setting.
+func ParseDiscardPolicy(s string) (DiscardPolicy, error) {
+	return parseChoice("discard", s, DiscardReject, DiscardJunk)
+}
+
+// ParseQuarantinePolicy reads a quarantine setting.
+func ParseQuarantinePolicy(s string) (QuarantinePolicy, error) {
+	return parseChoice("quarantine", s, QuarantineMark, QuarantineReject, QuarantineTempfail)
+}
+
+// ParseEnvelopePolicy reads an envelope-change setting.
+func ParseEnvelopePolicy(s string) (EnvelopePolicy, error) {
+	return parseChoice("envelope-change", s, EnvelopeTempfail, EnvelopeReject, EnvelopeIgnore)
+}
+
+func parseChoice[P ~string](name, s string, choices ...P) (P, error) {
+	for _, c := range choices {
+		if s == string(c) {
+			return c, nil
+		}
+	}
+	want := make([]string, len(choices))
+	for i, c := range choices {
+		want[i] = string(c)
+	}
+	return "", fmt.Errorf("%s policy %q: want one of %s", name, s, strings.Join(want, ", "))
 }
 
 // DefaultPolicy is what filter-milter does unless told otherwise.
-var DefaultPolicy = Policy{Discard: "reject", Quarantine: "mark", Envelope: "tempfail"}
+var DefaultPolicy = Policy{Discard: DiscardReject, Quarantine: QuarantineMark, Envelope: EnvelopeTempfail}
 
 // Check reports a setting that is not one of the choices.
 func (p Policy) Check() error {
-	for _, c := range []struct{ name, value, choices string }{
-		{"discard", p.Discard, "reject junk"},
-		{"quarantine", p.Quarantine, "mark reject tempfail"},
-		{"envelope-change", p.Envelope, "tempfail reject ignore"},
-	} {
-		ok := false
-		for _, choice := range strings.Fields(c.choices) {
-			ok = ok || c.value == choice
-		}
-		if !ok {
-			return fmt.Errorf("%s policy %q: want one of %s", c.name, c.value, strings.ReplaceAll(c.choices, " ", ", "))
-		}
+	if _, err := ParseDiscardPolicy(string(p.Discard)); err != nil {
+		return err
 	}
-	return nil
+	if _, err := ParseQuarantinePolicy(string(p.Quarantine)); err != nil {
+		return err
+	}
+	_, err := ParseEnvelopePolicy(string(p.Envelope))
+	return err
 }
 
 // Replies the gateway gives in its own name; the texts are Postfix's.

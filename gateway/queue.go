@@ -17,12 +17,7 @@ type item struct {
 	version compat.Version
 	token   string
 	param   string
-	echoed  bool // the reader has written it back already
 }
-
-// shutdown is the item that tells a session smtpd is gone (stdin closed)
-// or that the session is to be freed: a line of no kind.
-var shutdown = item{line: &protocol.Line{}}
 
 // lineFor is the item as the parsed line it came from.
 func (it *item) lineFor(session string) protocol.Line {
@@ -30,7 +25,34 @@ func (it *item) lineFor(session string) protocol.Line {
 		return *it.line
 	}
 	return protocol.Line{Kind: protocol.KindRequest, Request: protocol.Request{
-		Version: it.version, Subsystem: "smtp-in", Phase: "data-line", Session: session, Token: it.token, Param: it.param}}
+		Version: it.version, Subsystem: "smtp-in", Phase: protocol.PhaseDataLine, Session: session, Token: it.token, Param: it.param}}
+}
+
+// endReason is why a session ends.
+type endReason int
+
+const (
+	running       endReason = iota
+	endDisconnect           // link-disconnect: smtpd ended the SMTP session
+	endReaped               // smtpd sent nothing for it for longer than its session timeout
+	endSmtpdGone            // smtpd closed the pipe
+	endShutdown             // Shutdown (SIGTERM)
+)
+
+func (r endReason) String() string {
+	switch r {
+	case running:
+		return "running"
+	case endDisconnect:
+		return string(protocol.EventLinkDisconnect)
+	case endReaped:
+		return "reaped"
+	case endSmtpdGone:
+		return "smtpd gone"
+	case endShutdown:
+		return "shutdown"
+	}
+	return "unknown"
 }
 
 // queue is a session's inbox: unbounded, so that the single reader of
@@ -38,11 +60,13 @@ func (it *item) lineFor(session string) protocol.Line {
 // would stall every other session), and FIFO, so that a session sees its
 // reports and requests in the order smtpd sent them. It is a list of
 // fixed blocks, recycled: a backlog costs no copying as it grows, and an
-// idle session holds at most one block.
+// idle session holds at most one block. Closing it ends the session once
+// the items queued before are handled.
 type queue struct {
 	mu         sync.Mutex
 	head, tail *itemBlock
 	headPos    int // next item to pop in head
+	closed     endReason
 	signal     chan struct{}
 }
 
@@ -85,17 +109,23 @@ func (q *queue) wake() {
 	}
 }
 
-// push queues it and wakes the session.
-func (q *queue) push(it item) {
-	q.add(it)
+// close tells the session to end, for reason, once it has handled what is
+// queued. The first reason stands.
+func (q *queue) close(reason endReason) {
+	q.mu.Lock()
+	if q.closed == running {
+		q.closed = reason
+	}
+	q.mu.Unlock()
 	q.wake()
 }
 
 // popAll waits for items and moves every waiting one, up to cap(dst),
 // into dst: a session takes what a read of stdin brought in one go, with
 // one lock, instead of locking for each item and again to see if another
-// is waiting.
-func (q *queue) popAll(dst []item) []item {
+// is waiting. Once the queue is closed and empty it returns no items and
+// the reason it was closed for.
+func (q *queue) popAll(dst []item) ([]item, endReason) {
 	dst = dst[:0]
 	for {
 		q.mu.Lock()
@@ -116,9 +146,13 @@ func (q *queue) popAll(dst []item) []item {
 			h.n, h.next = 0, nil
 			blockPool.Put(h)
 		}
+		closed := q.closed
 		q.mu.Unlock()
 		if len(dst) > 0 {
-			return dst
+			return dst, running
+		}
+		if closed != running {
+			return dst, closed
 		}
 		<-q.signal
 	}

@@ -19,7 +19,7 @@ func TestQueueOrderAcrossBlocks(t *testing.T) {
 		var got []item
 		for i := 0; i < burst; i++ {
 			if len(got) == 0 {
-				got = q.popAll(make([]item, 0, 5)) // smaller than a block
+				got, _ = q.popAll(make([]item, 0, 5)) // smaller than a block
 			}
 			it := got[0]
 			got = got[1:]
@@ -37,10 +37,38 @@ func TestQueueOrderAcrossBlocks(t *testing.T) {
 			t.Fatalf("queue not empty after %d pops", popped)
 		}
 	}
-	// A shutdown is a line of no kind.
-	q.push(shutdown)
-	if it := q.popAll(make([]item, 0, 1))[0]; it.line == nil || it.line.Kind != 0 {
-		t.Fatalf("shutdown item: %+v", it)
+}
+
+// A closed queue gives what was queued before it was closed, then the
+// reason, once and again; a later close does not change the reason.
+func TestQueueCloseAfterItems(t *testing.T) {
+	q := newQueue()
+	q.add(item{param: "a"})
+	q.add(item{param: "b"})
+	q.close(endReaped)
+	q.close(endShutdown)
+	got, why := q.popAll(make([]item, 0, blockItems))
+	if why != running || len(got) != 2 || got[0].param != "a" || got[1].param != "b" {
+		t.Fatalf("popAll = %+v, %v; want a and b, running", got, why)
+	}
+	for range 2 {
+		if got, why := q.popAll(got); why != endReaped || len(got) != 0 {
+			t.Fatalf("popAll after the items = %+v, %v; want nothing, %v", got, why, endReaped)
+		}
+	}
+}
+
+// A session waiting on an empty queue is woken by close.
+func TestQueueCloseWakesWaiter(t *testing.T) {
+	q := newQueue()
+	done := make(chan endReason)
+	go func() {
+		_, why := q.popAll(make([]item, 0, 1))
+		done <- why
+	}()
+	q.close(endSmtpdGone)
+	if why := <-done; why != endSmtpdGone {
+		t.Fatalf("popAll = %v, want %v", why, endSmtpdGone)
 	}
 }
 

@@ -31,8 +31,9 @@ func (sl *slot) name() string { return sl.pool.Name() }
 // another, the conversation so far is replayed there and c is retried:
 // replay is safe because only commands the milter answered with continue
 // are kept, so the new endpoint is brought to the same state. Commands
-// answered otherwise end the milter's say in the scope anyway.
-func (s *session) do(sl *slot, stage string, c call, record bool) (milter.Verdict, error) {
+// answered otherwise end the milter's say in the scope anyway. connScope:
+// c is part of the connection (connect, HELO), not of the transaction.
+func (s *session) do(sl *slot, stage string, connScope bool, c call, record bool) (milter.Verdict, error) {
 	timed := c
 	if record { // the message stage times each of its calls itself
 		timed = func(m *milter.Session) (milter.Verdict, error) {
@@ -57,7 +58,7 @@ func (s *session) do(sl *slot, stage string, c call, record bool) (milter.Verdic
 		v, err = s.calling(next, func() (milter.Verdict, error) { return timed(next) })
 	}
 	if err == nil && record && v.Kind == milter.Continue {
-		if stage == "connect" || stage == "helo" || stage == "ehlo" {
+		if connScope {
 			sl.conn = append(sl.conn, c)
 		} else {
 			sl.tx = append(sl.tx, c)

@@ -6,8 +6,7 @@ import (
 	"sync/atomic"
 )
 
-// writer owns stdout. Sessions (and the reader, for the data lines it
-// writes back) hand it whole lines; lines of different sessions never
+// writer owns stdout. Sessions hand it whole lines; lines of different sessions never
 // interleave and each session's lines keep their order.
 //
 // It is a group commit, with no goroutine of its own: the first sender to
@@ -42,10 +41,10 @@ func newWriter(w io.Writer) *writer {
 	return wr
 }
 
-// send writes b, which must be one or more complete lines, or queues it
-// behind the write in progress; either way it recycles b (putBuf), which
-// the caller must not use again. After a write error, or after close (a
-// session that outlived the shutdown bound), b is dropped.
+// send writes b, which must be one or more complete lines, or copies it
+// behind the write in progress; either way b is the caller's again when
+// send returns. After a write error, or after close (a session that
+// outlived the shutdown bound), b is dropped.
 func (w *writer) send(b []byte) {
 	if len(b) == 0 {
 		return
@@ -56,13 +55,11 @@ func (w *writer) send(b []byte) {
 	}
 	if w.closed || w.err != nil {
 		w.mu.Unlock()
-		putBuf(b)
 		return
 	}
 	if w.writing {
 		w.pending = append(w.pending, b...)
 		w.mu.Unlock()
-		putBuf(b)
 		return
 	}
 	// This sender writes, until nothing is queued.
@@ -77,8 +74,7 @@ func (w *writer) send(b []byte) {
 			w.dead.Store(true)
 		}
 		if own {
-			putBuf(buf)
-			own = false
+			own = false // b, the caller's
 		} else {
 			w.spare = buf[:0]
 		}

@@ -38,7 +38,7 @@ func TestWriterGroupCommit(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < lines; i++ {
-				b := getBuf(64)
+				var b []byte
 				b = fmt.Appendf(b, "s%d|%d\n", s, i)
 				w.send(b)
 			}

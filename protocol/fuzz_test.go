@@ -85,7 +85,7 @@ func FuzzParse(f *testing.F) {
 			if !ok || out[len(out)-1] != '\n' {
 				t.Fatalf("AppendDataLine gave %q", out)
 			}
-			again := "filter|" + e.Version.String() + "|" + e.Timestamp + "|" + e.Subsystem + "|" + e.Phase + "|" + string(body[:len(body)-1])
+			again := "filter|" + e.Version.String() + "|" + e.Timestamp + "|" + e.Subsystem + "|" + string(e.Phase) + "|" + string(body[:len(body)-1])
 			ev2, err := Parse([]byte(again))
 			if err != nil {
 				t.Fatalf("re-parsing %q: %v", again, err)
@@ -112,7 +112,7 @@ func FuzzParse(f *testing.F) {
 // rebuildsTo reports whether ev's fields, joined as smtpd joins them,
 // give line. A Config without value and a Report without params come
 // from a line with or without the separator after them.
-func rebuildsTo(ev Event, line string) bool {
+func rebuildsTo(ev Parsed, line string) bool {
 	switch e := ev.(type) {
 	case Config:
 		return line == "config|"+e.Key+"|"+e.Value || (e.Value == "" && line == "config|"+e.Key)

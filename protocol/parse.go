@@ -8,8 +8,8 @@ import (
 	"github.com/filter-milter/filter-milter/compat"
 )
 
-// Event is a line from smtpd: a Config, a Report or a Request.
-type Event interface{ event() }
+// Parsed is a line from smtpd: a Config, a Report or a Request.
+type Parsed interface{ parsed() }
 
 // Config is a handshake line, "config|key|value". "config|ready" has Key
 // "ready" and an empty Value; the value keeps any '|'. smtpd-filters(7)
@@ -24,7 +24,7 @@ type Report struct {
 	Version   compat.Version
 	Timestamp string // "1795504415.685235", kept as text
 	Subsystem string // "smtp-in" or "smtp-out"
-	Event     string // "link-connect", "tx-mail", ...
+	Event     Event  // EventLinkConnect, EventTxMail, ...
 	Session   string
 	// Params is everything after "<session>|", verbatim. It is "" when the
 	// event has no fields (link-disconnect, timeout): smtpd writes the
@@ -39,7 +39,7 @@ type Request struct {
 	Version   compat.Version
 	Timestamp string
 	Subsystem string
-	Phase     string // "connect", "mail-from", "data-line", ...
+	Phase     Phase // PhaseConnect, PhaseMailFrom, PhaseDataLine, ...
 	Session   string
 	// Token names the chain entry (one filter in one phase), not the
 	// request: several requests of a session can carry the same token.
@@ -52,9 +52,9 @@ type Request struct {
 	Param string
 }
 
-func (Config) event()  {}
-func (Report) event()  {}
-func (Request) event() {}
+func (Config) parsed()  {}
+func (Report) parsed()  {}
+func (Request) parsed() {}
 
 // maxQuote bounds how much of a bad line an error quotes: a bad line can
 // be a 64 KB data line, and errors end up in smtpd's log.
@@ -87,7 +87,7 @@ func newParseError[T string | []byte](line T, reason string) *ParseError {
 //
 // A malformed or unknown line gives a *ParseError naming the line. The
 // fields of the returned value share one copy of the line.
-func Parse(line []byte) (Event, error) {
+func Parse(line []byte) (Parsed, error) {
 	var l Line
 	if err := ParseLine(string(line), &l); err != nil {
 		return nil, err
@@ -113,7 +113,7 @@ const (
 
 // Line is a parsed line held by value: the reader of smtpd's pipe parses
 // every line into one, so it neither allocates nor boxes per line as an
-// Event would.
+// Parsed would.
 type Line struct {
 	Kind    Kind
 	Config  Config
@@ -174,7 +174,7 @@ func (c *DataLineCutter) Cut(line []byte, d *DataLine) bool {
 		}
 		f[i], rest = rest[:j], rest[j+1:]
 	}
-	if string(f[3]) != "data-line" || len(f[1]) == 0 || len(f[2]) == 0 || !isHex(f[4]) || !isHex(f[5]) {
+	if string(f[3]) != string(PhaseDataLine) || len(f[1]) == 0 || len(f[2]) == 0 || !isHex(f[4]) || !isHex(f[5]) {
 		return false
 	}
 	if !bytes.Equal(f[0], c.rawVersion) || c.rawVersion == nil {
@@ -208,7 +208,7 @@ func parseReport(line string, r *Report) error {
 	if reason != "" {
 		return newParseError(line, reason)
 	}
-	*r = Report{Version: v, Timestamp: f[1], Subsystem: f[2], Event: f[3], Session: session, Params: params}
+	*r = Report{Version: v, Timestamp: f[1], Subsystem: f[2], Event: Event(f[3]), Session: session, Params: params}
 	return nil
 }
 
@@ -225,7 +225,7 @@ func parseRequest(line string, r *Request) error {
 	if reason != "" {
 		return newParseError(line, reason)
 	}
-	*r = Request{Version: v, Timestamp: f[1], Subsystem: f[2], Phase: f[3], Session: f[4], Token: f[5], Param: param}
+	*r = Request{Version: v, Timestamp: f[1], Subsystem: f[2], Phase: Phase(f[3]), Session: f[4], Token: f[5], Param: param}
 	return nil
 }
 

@@ -22,14 +22,14 @@ var (
 // events or phases those runs did not produce.
 func TestParse(t *testing.T) {
 	rep := func(v compat.Version, ts, event, session, params string) Report {
-		return Report{Version: v, Timestamp: ts, Subsystem: "smtp-in", Event: event, Session: session, Params: params}
+		return Report{Version: v, Timestamp: ts, Subsystem: "smtp-in", Event: Event(event), Session: session, Params: params}
 	}
 	req := func(v compat.Version, ts, phase, session, token, param string) Request {
-		return Request{Version: v, Timestamp: ts, Subsystem: "smtp-in", Phase: phase, Session: session, Token: token, Param: param}
+		return Request{Version: v, Timestamp: ts, Subsystem: "smtp-in", Phase: Phase(phase), Session: session, Token: token, Param: param}
 	}
 	cases := []struct {
 		line string
-		want Event
+		want Parsed
 	}{
 		// config
 		{"config|smtpd-version|6.8.0p2", Config{"smtpd-version", "6.8.0p2"}},
@@ -248,7 +248,7 @@ func TestParseKeepsEveryByte(t *testing.T) {
 }
 
 // rebuild writes an event back as smtpd would have written it.
-func rebuild(ev Event) string {
+func rebuild(ev Parsed) string {
 	switch e := ev.(type) {
 	case Config:
 		if e.Key == "ready" && e.Value == "" {
@@ -256,13 +256,13 @@ func rebuild(ev Event) string {
 		}
 		return "config|" + e.Key + "|" + e.Value
 	case Report:
-		s := "report|" + e.Version.String() + "|" + e.Timestamp + "|" + e.Subsystem + "|" + e.Event + "|" + e.Session
+		s := "report|" + e.Version.String() + "|" + e.Timestamp + "|" + e.Subsystem + "|" + string(e.Event) + "|" + e.Session
 		if e.Params != "" {
 			s += "|" + e.Params
 		}
 		return s
 	case Request:
-		return "filter|" + e.Version.String() + "|" + e.Timestamp + "|" + e.Subsystem + "|" + e.Phase + "|" + e.Session + "|" + e.Token + "|" + e.Param
+		return "filter|" + e.Version.String() + "|" + e.Timestamp + "|" + e.Subsystem + "|" + string(e.Phase) + "|" + e.Session + "|" + e.Token + "|" + e.Param
 	}
 	return ""
 }

@@ -40,6 +40,24 @@ type Reader struct {
 	br  *bufio.Reader
 	max int
 	buf []byte // collects a line longer than br's buffer
+	src source
+}
+
+// source is the underlying reader with the hooks OnRead sets.
+type source struct {
+	r             io.Reader
+	before, after func()
+}
+
+func (s *source) Read(p []byte) (int, error) {
+	if s.before != nil {
+		s.before()
+	}
+	n, err := s.r.Read(p)
+	if s.after != nil {
+		s.after()
+	}
+	return n, err
 }
 
 // NewReader returns a Reader of lines of at most maxLine bytes, not
@@ -48,7 +66,19 @@ func NewReader(r io.Reader, maxLine int) *Reader {
 	if maxLine <= 0 {
 		maxLine = DefaultMaxLine
 	}
-	return &Reader{br: bufio.NewReaderSize(r, readBufSize), max: maxLine}
+	rd := &Reader{max: maxLine, src: source{r: r}}
+	rd.br = bufio.NewReaderSize(&rd.src, readBufSize)
+	return rd
+}
+
+// OnRead sets functions called around each read of the underlying reader:
+// before just before a read, which may block, and after once it returned.
+// Either may be nil. ReadLine reads the underlying reader only when the
+// lines it already holds are used up, so before is the point at which a
+// caller that queues work line by line has seen everything that arrived
+// and can hand it on in one go; after is when new lines arrived.
+func (r *Reader) OnRead(before, after func()) {
+	r.src.before, r.src.after = before, after
 }
 
 // ReadLine returns the next line without its '\n'. The slice is valid

@@ -120,3 +120,40 @@ func TestReaderError(t *testing.T) {
 	r := NewReader(io.MultiReader(strings.NewReader("ok\npartial"), iotest.ErrReader(boom)), 0)
 	readAll(t, r, []step{{"ok", nil}, {"", boom}})
 }
+
+// OnRead's hooks run around each read of the underlying reader, and only
+// then: the lines a read brought are all returned before the next read,
+// so before sees every line of the previous read handed out.
+func TestReaderOnRead(t *testing.T) {
+	// A pipe of whole writes: each read returns one chunk.
+	chunks := []string{"a\nb\n", "c\n", "d\ne\nf\n"}
+	src := &chunkReader{chunks: chunks}
+	r := NewReader(src, 0)
+	var log []string
+	r.OnRead(func() { log = append(log, "before") }, func() { log = append(log, "after") })
+	for {
+		line, err := r.ReadLine()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		log = append(log, string(line))
+	}
+	want := "before after a b before after c before after d e f before after"
+	if got := strings.Join(log, " "); got != want {
+		t.Fatalf("hooks and lines:\n got %s\nwant %s", got, want)
+	}
+}
+
+type chunkReader struct{ chunks []string }
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.chunks) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, c.chunks[0])
+	c.chunks = c.chunks[1:]
+	return n, nil
+}

@@ -64,7 +64,7 @@ type (
 	// Timeout: the client was idle too long; the session ends next.
 	Timeout struct{}
 	// Unhandled is an event this package has no type for.
-	Unhandled struct{ Event string }
+	Unhandled struct{ Event Event }
 )
 
 // Decode returns the typed value of r: one of the types above, with the
@@ -82,24 +82,24 @@ func (r Report) Decode() (any, error) {
 	l := compat.For(r.Version)
 	p := r.Params
 	switch r.Event {
-	case "link-connect":
+	case EventLinkConnect:
 		var f [3]string
 		dest, ok := cutFields(p, f[:])
 		if !ok {
 			return nil, r.fieldError("rdns|fcrdns|src|dest")
 		}
 		return LinkConnect{RDNS: f[0], FCRDNS: f[1], Src: f[2], Dest: dest}, nil
-	case "link-greeting":
+	case EventLinkGreeting:
 		return LinkGreeting{Hostname: p}, nil
-	case "link-identify":
+	case EventLinkIdentify:
 		method, identity, ok := strings.Cut(p, "|")
 		if !ok {
 			return nil, r.fieldError("method|identity")
 		}
 		return LinkIdentify{Method: method, Identity: identity}, nil
-	case "link-tls":
+	case EventLinkTLS:
 		return LinkTLS{Info: p}, nil
-	case "link-auth":
+	case EventLinkAuth:
 		if l.AuthUserBeforeResult {
 			i := strings.LastIndexByte(p, '|')
 			if i < 0 {
@@ -112,11 +112,11 @@ func (r Report) Decode() (any, error) {
 			return nil, r.fieldError("result|username")
 		}
 		return LinkAuth{Result: result, Username: user}, nil
-	case "link-disconnect":
+	case EventLinkDisconnect:
 		return LinkDisconnect{}, nil
-	case "tx-begin":
+	case EventTxBegin:
 		return TxBegin{MsgID: p}, nil
-	case "tx-mail", "tx-rcpt":
+	case EventTxMail, EventTxRcpt:
 		id, result, addr, ok := splitTxAddress(p, l.TxAddressBeforeResult)
 		if !ok {
 			if l.TxAddressBeforeResult {
@@ -124,45 +124,45 @@ func (r Report) Decode() (any, error) {
 			}
 			return nil, r.fieldError("msgid|result|address")
 		}
-		if r.Event == "tx-mail" {
+		if r.Event == EventTxMail {
 			return TxMail{MsgID: id, Result: result, Address: addr}, nil
 		}
 		return TxRcpt{MsgID: id, Result: result, Address: addr}, nil
-	case "tx-envelope":
+	case EventTxEnvelope:
 		id, evp, ok := strings.Cut(p, "|")
 		if !ok {
 			return nil, r.fieldError("msgid|envelope-id")
 		}
 		return TxEnvelope{MsgID: id, EnvelopeID: evp}, nil
-	case "tx-data":
+	case EventTxData:
 		id, result, ok := strings.Cut(p, "|")
 		if !ok {
 			return nil, r.fieldError("msgid|result")
 		}
 		return TxData{MsgID: id, Result: result}, nil
-	case "tx-commit":
+	case EventTxCommit:
 		id, size, ok := strings.Cut(p, "|")
 		n, err := strconv.ParseInt(size, 10, 64)
 		if !ok || err != nil || n < 0 {
 			return nil, r.fieldError("msgid|size")
 		}
 		return TxCommit{MsgID: id, Size: n}, nil
-	case "tx-reset":
+	case EventTxReset:
 		return TxReset{MsgID: p}, nil
-	case "tx-rollback":
+	case EventTxRollback:
 		return TxRollback{MsgID: p}, nil
-	case "protocol-client":
+	case EventProtocolClient:
 		return ProtocolClient{Command: p}, nil
-	case "protocol-server":
+	case EventProtocolServer:
 		return ProtocolServer{Response: p}, nil
-	case "filter-response":
+	case EventFilterResponse:
 		phase, rest, ok := strings.Cut(p, "|")
 		if !ok {
 			return nil, r.fieldError("phase|response[|param]")
 		}
 		response, param, _ := strings.Cut(rest, "|")
 		return FilterResponse{Phase: phase, Response: response, Param: param}, nil
-	case "timeout":
+	case EventTimeout:
 		return Timeout{}, nil
 	}
 	return Unhandled{Event: r.Event}, nil
@@ -190,9 +190,9 @@ func splitTxAddress(p string, addressFirst bool) (id, result, addr string, ok bo
 // fieldError names the report, rebuilt as smtpd sent it, and the fields
 // its event should have.
 func (r Report) fieldError(want string) error {
-	line := "report|" + r.Version.String() + "|" + r.Timestamp + "|" + r.Subsystem + "|" + r.Event + "|" + r.Session
+	line := "report|" + r.Version.String() + "|" + r.Timestamp + "|" + r.Subsystem + "|" + string(r.Event) + "|" + r.Session
 	if r.Params != "" {
 		line += "|" + r.Params
 	}
-	return newParseError(line, r.Event+" wants "+want)
+	return newParseError(line, string(r.Event)+" wants "+want)
 }

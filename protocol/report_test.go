@@ -79,7 +79,7 @@ func TestDecode(t *testing.T) {
 			versions = all
 		}
 		for _, v := range versions {
-			r := Report{Version: v, Timestamp: "1795504563.036967", Subsystem: "smtp-in", Event: c.event, Session: "229dd54d9c889a05", Params: c.params}
+			r := Report{Version: v, Timestamp: "1795504563.036967", Subsystem: "smtp-in", Event: Event(c.event), Session: "229dd54d9c889a05", Params: c.params}
 			got, err := r.Decode()
 			if err != nil {
 				t.Errorf("%v %s %q: %v", v, c.event, c.params, err)
@@ -116,7 +116,7 @@ func TestDecodeErrors(t *testing.T) {
 		{v06, "tx-commit", "191901f5|99999999999999999999"},
 		{v06, "filter-response", "connected"},
 	} {
-		r := Report{Version: c.v, Timestamp: "1795504563.036967", Subsystem: "smtp-in", Event: c.event, Session: "229dd54d9c889a05", Params: c.params}
+		r := Report{Version: c.v, Timestamp: "1795504563.036967", Subsystem: "smtp-in", Event: Event(c.event), Session: "229dd54d9c889a05", Params: c.params}
 		got, err := r.Decode()
 		var pe *ParseError
 		if !errors.As(err, &pe) {

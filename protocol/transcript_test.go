@@ -22,7 +22,7 @@ const transcriptDir = "../testdata/transcripts"
 
 // decodedType is the type Decode must give for each event that smtpd
 // sends and this package knows.
-var decodedType = map[string]reflect.Type{
+var decodedType = map[Event]reflect.Type{
 	"link-connect":    reflect.TypeFor[LinkConnect](),
 	"link-greeting":   reflect.TypeFor[LinkGreeting](),
 	"link-identify":   reflect.TypeFor[LinkIdentify](),
@@ -75,11 +75,12 @@ func transcriptLines(t testing.TB, file string) []string {
 // transcriptTally counts what the golden test checked, over all files.
 type transcriptTally struct {
 	parsed, decoded, proceeds, results, echoes, registers int
-	events, phases                                        map[string]bool
+	events                                                map[Event]bool
+	phases                                                map[Phase]bool
 }
 
 func TestTranscripts(t *testing.T) {
-	tally := &transcriptTally{events: map[string]bool{}, phases: map[string]bool{}}
+	tally := &transcriptTally{events: map[Event]bool{}, phases: map[Phase]bool{}}
 	versions := map[compat.Version]bool{}
 	for _, file := range transcriptFiles(t) {
 		rel, _ := filepath.Rel(transcriptDir, file)
@@ -101,7 +102,7 @@ func TestTranscripts(t *testing.T) {
 			t.Errorf("no %s report in the transcripts", event)
 		}
 	}
-	for _, phase := range []string{"connect", "ehlo", "starttls", "auth", "mail-from", "rcpt-to", "data", "data-line", "commit", "rset", "noop", "quit"} {
+	for _, phase := range []Phase{"connect", "ehlo", "starttls", "auth", "mail-from", "rcpt-to", "data", "data-line", "commit", "rset", "noop", "quit"} {
 		if !tally.phases[phase] {
 			t.Errorf("no %s request in the transcripts", phase)
 		}
