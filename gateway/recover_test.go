@@ -31,7 +31,7 @@ func newDirectSession(t *testing.T, obs Observer) *directSession {
 		t.Fatal(err)
 	}
 	d := &directSession{t: t}
-	g := New(Config{Milters: []*milter.Pool{milter.NewPool(c)}, DefaultAction: Tempfail, Log: zap.NewNop(), Observer: obs})
+	g := New(Config{Milters: []*milter.Pool{milter.NewPool(c, nil)}, DefaultAction: Tempfail, Log: zap.NewNop(), Observer: obs})
 	g.out = newWriter(&d.out)
 	d.s = &session{g: g, id: testSID, log: g.log, q: newQueue(), macros: milter.NewMacros(), commit: proceed}
 	t.Cleanup(d.s.finish)
