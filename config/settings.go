@@ -161,7 +161,7 @@ func (s *Settings) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&s.Policy.Discard, "discard", s.Policy.Discard, "a milter's DISCARD (OpenSMTPD has no silent drop): reject (550 5.7.1) or junk (deliver marked X-Spam: yes)")
 	fs.StringVar(&s.Policy.Quarantine, "quarantine", s.Policy.Quarantine, "a milter's QUARANTINE: mark (deliver marked X-Spam: yes), reject or tempfail")
 	fs.StringVar(&s.Policy.Envelope, "envelope-change", s.Policy.Envelope, "a milter's recipient or sender change at end of message (OpenSMTPD cannot make it): tempfail, reject or ignore")
-	fs.Var((*Duration)(&s.ShutdownTimeout), "shutdown-timeout", "once smtpd closes the pipe (or on SIGTERM), how `long` sessions in flight may take to finish")
+	fs.Var((*Duration)(&s.ShutdownTimeout), "shutdown-timeout", "once smtpd closes the pipe (or on SIGTERM), the `time` sessions in flight have to finish")
 	fs.StringVar(&s.Hostname, "hostname", s.Hostname, "the j macro (MTA host name); default: smtpd's own name")
 	fs.StringVar(&s.DaemonName, "daemon-name", s.DaemonName, "the {daemon_name} macro; default: the host name")
 	fs.TextVar(&s.LogLevel, "log-level", s.LogLevel, "log level: debug, info, warn or error")
