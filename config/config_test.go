@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -302,6 +303,83 @@ func TestEndOfMessageBoundsFromFlags(t *testing.T) {
 	} {
 		if _, _, err := parseArgs(t, append([]string{"-milter", "inet:127.0.0.1:8891"}, bad...)...); err == nil {
 			t.Errorf("%v accepted", bad)
+		}
+	}
+}
+
+// TestDurationFlagsTakeSeconds: every duration flag reads "30" as 30
+// seconds, as the configuration file does, and refuses what the file
+// refuses.
+func TestDurationFlagsTakeSeconds(t *testing.T) {
+	flags := map[string]func(Settings) time.Duration{
+		"-connect-timeout":  func(s Settings) time.Duration { return s.ConnectTimeout },
+		"-command-timeout":  func(s Settings) time.Duration { return s.CommandTimeout },
+		"-content-timeout":  func(s Settings) time.Duration { return s.ContentTimeout },
+		"-eom-timeout":      func(s Settings) time.Duration { return s.EOMTimeout },
+		"-shutdown-timeout": func(s Settings) time.Duration { return s.ShutdownTimeout },
+	}
+	for flag, get := range flags {
+		for v, want := range map[string]time.Duration{"30": 30 * time.Second, "30s": 30 * time.Second, "2m": 2 * time.Minute} {
+			s, _, err := parseArgs(t, "-milter", "inet:1", flag, v)
+			if err != nil || get(s) != want {
+				t.Errorf("%s %s: %v, %v; want %v", flag, v, get(s), err, want)
+			}
+		}
+		for _, bad := range []string{"0", "-5", "soon", "0s"} {
+			if _, _, err := parseArgs(t, "-milter", "inet:1", flag, bad); err == nil {
+				t.Errorf("%s %s accepted", flag, bad)
+			}
+		}
+		// The file takes the same.
+		s, _, err := parseArgs(t, "-config", writeConfig(t, strings.TrimPrefix(strings.ReplaceAll(flag, "-", "_"), "_")+" = 30\nmilters = [\"inet:1\"]\n"))
+		if err != nil || get(s) != 30*time.Second {
+			t.Errorf("file %s = 30: %v, %v", flag, get(s), err)
+		}
+	}
+}
+
+// TestMiltersInBothNotations: -milter and the file's milters list take
+// Postfix's main.cf braces and the endpoint-then-braces notation alike,
+// and give the same milters, pools included.
+func TestMiltersInBothNotations(t *testing.T) {
+	forms := [][2]string{
+		{"{ inet:127.0.0.1:8891, connect_timeout=10, default_action=accept }", "inet:127.0.0.1:8891{connect_timeout=10s, default_action=accept}"},
+		{"{ inet:10.0.0.1:11332, inet:10.0.0.2:11332, command_timeout=5 }", "inet:10.0.0.1:11332,inet:10.0.0.2:11332{command_timeout=5s}"},
+	}
+	var fromFlags [][]milter.Config
+	for _, f := range forms {
+		var ms [2][]milter.Config
+		for i, spec := range f {
+			_, got, err := parseArgs(t, "-milter", spec)
+			if err != nil {
+				t.Fatalf("-milter %q: %v", spec, err)
+			}
+			ms[i] = got
+		}
+		if !reflect.DeepEqual(ms[0][0].Endpoints, ms[1][0].Endpoints) || ms[0][0].Options != ms[1][0].Options ||
+			ms[0][0].DefaultAction != ms[1][0].DefaultAction {
+			t.Errorf("%q and %q differ:\n%+v\n%+v", f[0], f[1], ms[0][0], ms[1][0])
+		}
+		fromFlags = append(fromFlags, ms[0])
+	}
+	path := writeConfig(t, "command_timeout = 20\nmilters = [\n  \""+forms[0][0]+"\",\n  \""+forms[1][1]+"\",\n]\n")
+	_, ms, err := parseArgs(t, "-config", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 2 || !reflect.DeepEqual(ms[0].Endpoints, fromFlags[0][0].Endpoints) || ms[0].DefaultAction != "accept" ||
+		ms[0].Options.ConnectTimeout != 10*time.Second || ms[0].Options.CommandTimeout != 20*time.Second ||
+		!reflect.DeepEqual(ms[1].Endpoints, fromFlags[1][0].Endpoints) || ms[1].Options.CommandTimeout != 5*time.Second {
+		t.Errorf("file milters: %+v", ms)
+	}
+	for text, want := range map[string]string{
+		"milters = [\"{ inet:1, default_action=drop }\"]\n":         ":1: key milters: milter \"{ inet:1, default_action=drop }\": default_action=drop",
+		"\nmilters = [\"inet:1{comand_timeout=1}\"]\n":              ":2: key milters: milter \"inet:1{comand_timeout=1}\": comand_timeout=1",
+		"milters = [\"inet:1\"]\n[[milter]]\nsocket = \"inet:2\"\n": ":1: give milters = [...] or [[milter]] tables, not both",
+	} {
+		p := writeConfig(t, text)
+		if _, _, err := parseArgs(t, "-config", p); err == nil || !strings.Contains(err.Error(), p+want) {
+			t.Errorf("%q: %v, want %q", text, err, p+want)
 		}
 	}
 }

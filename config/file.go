@@ -19,9 +19,11 @@ import (
 
 // fileConfig is the configuration file (-config), TOML. Every key is a
 // command-line flag with '-' written '_'; [[milter]] tables are the
-// -milter flags with their settings.
+// -milter flags with their settings, and so is milters, a list of specs
+// in -milter notation (Postfix's smtpd_milters, one milter a string).
 type fileConfig struct {
 	Milter               []fileMilter  `toml:"milter"`
+	Milters              []milterSpec  `toml:"milters"`
 	DefaultAction        actionName    `toml:"default_action"`
 	ConnectTimeout       duration      `toml:"connect_timeout"`
 	CommandTimeout       duration      `toml:"command_timeout"`
@@ -144,7 +146,13 @@ func loadConfig(path string, s *Settings) error {
 	if def("temp_dir") {
 		s.TempDir = string(fc.TempDir)
 	}
-	s.fileMilters = nil
+	s.fileMilters, s.fileSpecs = nil, nil
+	if len(fc.Milters) > 0 && len(fc.Milter) > 0 {
+		return fmt.Errorf("%s:%s: give milters = [...] or [[milter]] tables, not both", path, loc.line(toml.Key{"milters"}))
+	}
+	for _, m := range fc.Milters {
+		s.fileSpecs = append(s.fileSpecs, string(m))
+	}
 	for i, m := range fc.Milter {
 		at := fmt.Sprintf("%s:%s", path, loc.line(toml.Key{"milter"}, i))
 		if m.Socket != "" && len(m.Sockets) > 0 {
@@ -226,20 +234,18 @@ func (f fileMilterConfig) config(base milter.Options) milter.Config {
 type duration time.Duration
 
 func (d *duration) UnmarshalTOML(v any) error {
-	var t time.Duration
+	var text string
 	switch x := v.(type) {
 	case int64:
-		t = time.Duration(x) * time.Second
+		text = strconv.FormatInt(x, 10)
 	case string:
-		var err error
-		if t, err = time.ParseDuration(x); err != nil {
-			return fmt.Errorf("bad duration %q: want e.g. \"30s\", \"5m\" or a number of seconds", x)
-		}
+		text = x
 	default:
 		return fmt.Errorf("bad duration %v: want e.g. \"30s\", \"5m\" or a number of seconds", v)
 	}
-	if t <= 0 {
-		return fmt.Errorf("duration %v must be positive", v)
+	t, err := milter.ParseDuration(text)
+	if err != nil {
+		return err
 	}
 	*d = duration(t)
 	return nil
@@ -293,6 +299,17 @@ func (s *socketSpec) UnmarshalText(b []byte) error {
 		return err
 	}
 	*s = socketSpec(b)
+	return nil
+}
+
+// milterSpec is one milter in -milter notation, either of Postfix's.
+type milterSpec string
+
+func (m *milterSpec) UnmarshalText(b []byte) error {
+	if _, err := milter.ParseConfig(string(b), milter.DefaultOptions); err != nil {
+		return err
+	}
+	*m = milterSpec(b)
 	return nil
 }
 

@@ -44,6 +44,7 @@ type Settings struct {
 	TempDir              string   // where spilled messages go ("": os.TempDir)
 
 	fileMilters []fileMilterConfig // [[milter]] tables of the configuration file
+	fileSpecs   []string           // its milters = [...] list, in -milter notation
 }
 
 func Defaults() Settings {
@@ -124,6 +125,21 @@ func (b *ByteSize) UnmarshalTOML(v any) error {
 	return fmt.Errorf("size %v: want a number of bytes or a string such as \"64M\"", v)
 }
 
+// Duration is a timeout flag, read as the configuration file and the
+// milter settings read one (milter.ParseDuration): "30s", "5m", or a
+// plain number of seconds as Postfix writes them.
+type Duration time.Duration
+
+func (d *Duration) Set(v string) error {
+	t, err := milter.ParseDuration(v)
+	if err == nil {
+		*d = Duration(t)
+	}
+	return err
+}
+
+func (d *Duration) String() string { return time.Duration(*d).String() }
+
 // StringList is a flag that may be repeated; each value is appended.
 type StringList []string
 
@@ -134,18 +150,18 @@ func (l *StringList) Set(s string) error { *l = append(*l, s); return nil }
 // s; ApplyFile, after fs.Parse, applies the configuration file under them.
 func (s *Settings) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&s.ConfigPath, "config", "", "a configuration file (TOML) with the settings below; flags given on the command line override it")
-	fs.Var((*StringList)(&s.Milters), "milter", "a milter: unix:/path, inet:host:port, inet:port@host or inet6:[addr]:port; several endpoints of one role separated by commas form a pool; settings in braces: {default_action=accept, connect_timeout=10s, command_timeout=10s, content_timeout=5m, eom_timeout=10m, max_modifications=10000, max_modification_bytes=64M, protocol=6}. Repeat for several milters, in order; replaces the configuration file's milters")
+	fs.Var((*StringList)(&s.Milters), "milter", "a milter, in either of Postfix's notations: '{ inet:host:port, default_action=accept, command_timeout=10 }' or 'inet:host:port{default_action=accept, command_timeout=10}'. Sockets: unix:/path, inet:host:port, inet:port@host, inet6:[addr]:port. Several endpoints of one role form a pool: 'inet:a:11332,inet:b:11332{...}' or '{ inet:a:11332, inet:b:11332, ... }'. Settings: default_action (tempfail, accept, reject), connect_timeout, command_timeout, content_timeout, eom_timeout (10s, 5m, or seconds), max_modifications, max_modification_bytes (K, M, G), protocol (2 to 6). Repeat for several milters, in order; replaces the configuration file's milters")
 	fs.StringVar(&s.DefaultAction, "default-action", s.DefaultAction, "what a session gets when a milter fails or times out: tempfail, accept or reject")
-	fs.DurationVar(&s.ConnectTimeout, "connect-timeout", s.ConnectTimeout, "time to connect to a milter and negotiate")
-	fs.DurationVar(&s.CommandTimeout, "command-timeout", s.CommandTimeout, "time a milter has to answer CONNECT, HELO, MAIL, RCPT and DATA")
-	fs.DurationVar(&s.ContentTimeout, "content-timeout", s.ContentTimeout, "time a milter has to answer each header, body chunk and end of message")
-	fs.DurationVar(&s.EOMTimeout, "eom-timeout", s.EOMTimeout, "time a milter has for the whole of end of message, however many PROGRESS packets it sends (Sendmail's T=E)")
+	fs.Var((*Duration)(&s.ConnectTimeout), "connect-timeout", "`time` to connect to a milter and negotiate")
+	fs.Var((*Duration)(&s.CommandTimeout), "command-timeout", "`time` a milter has to answer CONNECT, HELO, MAIL, RCPT and DATA")
+	fs.Var((*Duration)(&s.ContentTimeout), "content-timeout", "`time` a milter has to answer each header, body chunk and end of message")
+	fs.Var((*Duration)(&s.EOMTimeout), "eom-timeout", "`time` a milter has for the whole of end of message, however many PROGRESS packets it sends (Sendmail's T=E)")
 	fs.IntVar(&s.MaxModifications, "max-modifications", s.MaxModifications, "how many modifications (header changes, recipient changes, body replacement packets) one milter may ask for at one end of message; more is that milter's default action")
 	fs.Var(&s.MaxModificationBytes, "max-modification-bytes", "how many bytes of modifications, replacement body included, one milter may send at one end of message (K, M, G suffixes); more is that milter's default action")
 	fs.StringVar((*string)(&s.Policy.Discard), "discard", string(s.Policy.Discard), "a milter's DISCARD (OpenSMTPD has no silent drop): reject (550 5.7.1) or junk (deliver marked X-Spam: yes)")
 	fs.StringVar((*string)(&s.Policy.Quarantine), "quarantine", string(s.Policy.Quarantine), "a milter's QUARANTINE: mark (deliver marked X-Spam: yes), reject or tempfail")
 	fs.StringVar((*string)(&s.Policy.Envelope), "envelope-change", string(s.Policy.Envelope), "a milter's recipient or sender change at end of message (OpenSMTPD cannot make it): tempfail, reject or ignore")
-	fs.DurationVar(&s.ShutdownTimeout, "shutdown-timeout", s.ShutdownTimeout, "once smtpd closes the pipe (or on SIGTERM), how long sessions in flight may take to finish")
+	fs.Var((*Duration)(&s.ShutdownTimeout), "shutdown-timeout", "once smtpd closes the pipe (or on SIGTERM), the `time` sessions in flight have to finish")
 	fs.StringVar(&s.Hostname, "hostname", s.Hostname, "the j macro (MTA host name); default: smtpd's own name")
 	fs.StringVar(&s.DaemonName, "daemon-name", s.DaemonName, "the {daemon_name} macro; default: the host name")
 	fs.TextVar(&s.LogLevel, "log-level", s.LogLevel, "log level: debug, info, warn or error")
@@ -196,7 +212,7 @@ func (s *Settings) ApplyFile(fs *flag.FlagSet) error {
 		}
 	}
 	if !set["milter"] {
-		s.fileMilters = file.fileMilters
+		s.fileMilters, s.fileSpecs = file.fileMilters, file.fileSpecs
 	}
 	return nil
 }
@@ -250,12 +266,19 @@ func (s *Settings) MilterConfigs() ([]milter.Config, error) {
 		}
 		return out, nil
 	}
+	for _, spec := range s.fileSpecs {
+		c, err := milter.ParseConfig(spec, s.options()) // checked while decoding
+		if err != nil {
+			return nil, fmt.Errorf("%s: milters: %w", s.ConfigPath, err)
+		}
+		out = append(out, c)
+	}
 	for _, f := range s.fileMilters {
 		out = append(out, f.config(s.options()))
 	}
 	if len(out) == 0 {
 		if s.ConfigPath != "" {
-			return nil, fmt.Errorf("no milter configured: give a [[milter]] table in %s or -milter SPEC", s.ConfigPath)
+			return nil, fmt.Errorf("no milter configured: give a [[milter]] table or milters = [...] in %s, or -milter SPEC", s.ConfigPath)
 		}
 		return nil, errors.New("no milter configured: give at least one -milter SPEC, or -config FILE")
 	}

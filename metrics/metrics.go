@@ -13,6 +13,7 @@
 //	milter_reply_seconds{milter,stage}  histogram how long each milter answer took
 //	milter_errors_total{milter,kind}    counter  milters that failed: timeout, refused, protocol, other
 //	milter_modifications_total{milter,kind}      counter  changes the milters asked for at end of message
+//	endpoint_up{milter,endpoint}        gauge    1 while a milter endpoint is up, 0 once it failed (see Watch)
 //
 // Stages are the gateway's: connect, helo or ehlo, mail, rcpt, data,
 // header, eoh, body, eom. header counts the header stage once per message,
@@ -56,6 +57,8 @@ type Observer struct {
 	buffered      prometheus.Counter
 	spilled       prometheus.Counter
 	spilledMsgs   prometheus.Counter
+
+	roles roles // the milters /healthz reports on (Watch)
 }
 
 var _ gateway.Observer = (*Observer)(nil)
@@ -100,7 +103,7 @@ func New() *Observer {
 	o.spilledMsgs = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Name: "messages_spilled_total", Help: "Messages that went past the memory limits to a temporary file.",
 	})
-	o.reg.MustRegister(o.buffered, o.spilled, o.spilledMsgs)
+	o.reg.MustRegister(o.buffered, o.spilled, o.spilledMsgs, &o.roles)
 	o.reg.MustRegister(o.sessionsOpen, o.sessionsTotal, o.messages, o.messageBytes, o.replies, o.latency, o.errors, o.modifications,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return o

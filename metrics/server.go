@@ -11,7 +11,7 @@ import (
 	"go.uber.org/zap"
 )
 
-// Server serves /metrics over HTTP.
+// Server serves /metrics and /healthz over HTTP.
 type Server struct {
 	srv  *http.Server
 	log  *zap.Logger
@@ -28,7 +28,8 @@ type Server struct {
 // again.
 var RetryInterval = 5 * time.Second
 
-// Serve serves the observer's metrics at http://addr/metrics (and at /)
+// Serve serves the observer's metrics at http://addr/metrics (and at /),
+// and the health of the milters given to Watch at http://addr/healthz,
 // until Close. It never fails: when the address is busy (a filter-milter
 // of the smtpd that is restarting may still hold it for its shutdown
 // timeout) it logs and tries again every RetryInterval, because a filter
@@ -37,6 +38,7 @@ func (o *Observer) Serve(addr string, log *zap.Logger) *Server {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", o.Handler())
 	mux.Handle("/", o.Handler())
+	mux.HandleFunc("/healthz", o.serveHealth)
 	s := &Server{
 		srv:  &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second},
 		log:  log,

@@ -2,9 +2,12 @@ package milter
 
 import (
 	"fmt"
+	"math"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // Config is one milter as the postmaster configured it: one endpoint, or a
@@ -16,96 +19,167 @@ type Config struct {
 	DefaultAction string // "" means the global default action
 }
 
-// ParseConfig reads a milter setting in Postfix's per-milter notation,
-// with several endpoints separated by commas forming a pool:
+// ParseConfig reads a milter setting in either of Postfix's notations:
+// main.cf's braces around the whole, or the endpoint followed by its
+// settings in braces. Several endpoints of one role form a pool:
 //
 //	inet:127.0.0.1:8891
+//	{ inet:127.0.0.1:8891, default_action=accept, command_timeout=10s }
 //	inet:127.0.0.1:8891{default_action=accept, command_timeout=10s}
 //	inet:10.0.0.1:11332,inet:10.0.0.2:11332{content_timeout=2m}
+//	{ inet:10.0.0.1:11332, inet:10.0.0.2:11332, content_timeout=2m }
+//
+// Postfix has no pools; in the braces form the endpoints come first, and
+// an item is a setting when it has a '=' before any ':' (a socket always
+// has a ':' or starts with '/'). Items are separated by commas or spaces,
+// as in main.cf.
 //
 // Settings: default_action (tempfail, accept, reject), connect_timeout,
-// command_timeout, content_timeout, eom_timeout (Go durations, or seconds
-// as Postfix writes them), protocol (2 to 6), max_modifications (a count)
-// and max_modification_bytes (bytes, with K, M or G for KiB, MiB, GiB).
-// base supplies the settings not given.
+// command_timeout, content_timeout, eom_timeout (see ParseDuration),
+// protocol (2 to 6), max_modifications (a count) and
+// max_modification_bytes (bytes, with K, M or G for KiB, MiB, GiB).
+// base supplies the settings not given. Every error names the spec, and
+// the setting when one is wrong.
 func ParseConfig(s string, base Options) (Config, error) {
-	c := Config{Name: s, Options: base}
-	endpoints, settings := s, ""
-	if i := strings.IndexByte(s, '{'); i >= 0 {
-		if !strings.HasSuffix(strings.TrimSpace(s), "}") {
-			return c, fmt.Errorf("milter %q: settings must end with '}'", s)
-		}
-		endpoints, settings = s[:i], strings.TrimSuffix(strings.TrimSpace(s[i+1:]), "}")
+	c := Config{Name: strings.TrimSpace(s), Options: base}
+	endpoints, settings, err := splitConfig(c.Name)
+	if err != nil {
+		return c, fmt.Errorf("milter %q: %v", s, err)
 	}
-	for _, e := range strings.Split(endpoints, ",") {
-		spec, err := ParseSpec(strings.TrimSpace(e))
+	for _, e := range endpoints {
+		spec, err := ParseSpec(e)
 		if err != nil {
-			return c, err
+			return c, fmt.Errorf("milter %q: %v", s, err)
 		}
 		c.Endpoints = append(c.Endpoints, spec)
 	}
-	for _, kv := range strings.Split(settings, ",") {
-		if strings.TrimSpace(kv) == "" {
-			continue
-		}
+	for _, kv := range settings {
 		k, v, ok := strings.Cut(kv, "=")
-		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
-		if !ok || v == "" {
+		if !ok || k == "" || v == "" {
 			return c, fmt.Errorf("milter %q: setting %q: want name=value", s, kv)
 		}
-		var err error
-		switch k {
-		case "default_action":
-			switch v {
-			case "tempfail", "accept", "reject":
-				c.DefaultAction = v
-			default:
-				err = fmt.Errorf("want tempfail, accept or reject")
-			}
-		case "connect_timeout":
-			c.Options.ConnectTimeout, err = duration(v)
-		case "command_timeout":
-			c.Options.CommandTimeout, err = duration(v)
-		case "content_timeout":
-			c.Options.ContentTimeout, err = duration(v)
-		case "eom_timeout":
-			c.Options.EOMTimeout, err = duration(v)
-		case "max_modifications":
-			var n int64
-			n, err = ParseSize(v, 1<<31-1)
-			c.Options.MaxModifications = int(n)
-		case "max_modification_bytes":
-			c.Options.MaxModificationBytes, err = ParseSize(v, 1<<62)
-		case "protocol":
-			var n int
-			n, err = strconv.Atoi(v)
-			if err == nil && (n < 2 || n > 6) {
-				err = fmt.Errorf("want 2 to 6")
-			}
-			c.Options.Version = uint32(n)
-		default:
-			err = fmt.Errorf("unknown setting (want default_action, connect_timeout, command_timeout, content_timeout, eom_timeout, protocol, max_modifications or max_modification_bytes)")
-		}
-		if err != nil {
+		if err := c.set(k, v); err != nil {
 			return c, fmt.Errorf("milter %q: %s=%s: %v", s, k, v, err)
 		}
 	}
 	return c, nil
 }
 
-// duration reads "10s", "2m" or, as Postfix allows, plain seconds.
-func duration(v string) (time.Duration, error) {
-	if n, err := strconv.Atoi(v); err == nil {
-		if n <= 0 {
-			return 0, fmt.Errorf("must be positive")
+// set applies one setting.
+func (c *Config) set(k, v string) error {
+	var err error
+	switch k {
+	case "default_action":
+		switch v {
+		case "tempfail", "accept", "reject":
+			c.DefaultAction = v
+		default:
+			err = fmt.Errorf("want tempfail, accept or reject")
+		}
+	case "connect_timeout":
+		c.Options.ConnectTimeout, err = ParseDuration(v)
+	case "command_timeout":
+		c.Options.CommandTimeout, err = ParseDuration(v)
+	case "content_timeout":
+		c.Options.ContentTimeout, err = ParseDuration(v)
+	case "eom_timeout":
+		c.Options.EOMTimeout, err = ParseDuration(v)
+	case "max_modifications":
+		var n int64
+		n, err = ParseSize(v, 1<<31-1)
+		c.Options.MaxModifications = int(n)
+	case "max_modification_bytes":
+		c.Options.MaxModificationBytes, err = ParseSize(v, 1<<62)
+	case "protocol":
+		var n int
+		n, err = strconv.Atoi(v)
+		if err != nil || n < 2 || n > 6 {
+			err = fmt.Errorf("want 2 to 6")
+		}
+		c.Options.Version = uint32(n)
+	default:
+		err = fmt.Errorf("unknown setting (want default_action, connect_timeout, command_timeout, content_timeout, eom_timeout, protocol, max_modifications or max_modification_bytes)")
+	}
+	return err
+}
+
+// spacedEquals lets "name = value" stand for "name=value" in settings,
+// whose items are otherwise separated by spaces as well as commas.
+var spacedEquals = regexp.MustCompile(`\s*=\s*`)
+
+// splitConfig separates the endpoints from the settings, in either
+// notation (see ParseConfig).
+func splitConfig(s string) (endpoints, settings []string, err error) {
+	if inner, ok := strings.CutPrefix(s, "{"); ok {
+		// Postfix main.cf: { endpoint, name=value, ... }
+		inner, ok = strings.CutSuffix(inner, "}")
+		if !ok || strings.ContainsAny(inner, "{}") {
+			return nil, nil, fmt.Errorf("want one '{', the endpoints and settings, then '}' at the end")
+		}
+		for _, item := range items(inner) {
+			switch {
+			case !isSetting(item) && len(settings) > 0:
+				return nil, nil, fmt.Errorf("endpoint %q after the settings: give the endpoints first", item)
+			case !isSetting(item):
+				endpoints = append(endpoints, item)
+			default:
+				settings = append(settings, item)
+			}
+		}
+		if len(endpoints) == 0 {
+			return nil, nil, fmt.Errorf("no endpoint: want { inet:host:port, name=value, ... }")
+		}
+		return endpoints, settings, nil
+	}
+	// Endpoints, then settings in braces: endpoint[,endpoint...]{name=value, ...}
+	list, rest, braces := strings.Cut(s, "{")
+	if braces {
+		var ok bool
+		rest, ok = strings.CutSuffix(rest, "}")
+		if !ok || strings.ContainsAny(rest, "{}") {
+			return nil, nil, fmt.Errorf("settings must be one {...} at the end")
+		}
+		settings = items(rest)
+	}
+	for _, e := range strings.Split(list, ",") {
+		endpoints = append(endpoints, strings.TrimSpace(e))
+	}
+	return endpoints, settings, nil
+}
+
+// items splits a list on commas and spaces.
+func items(s string) []string {
+	return strings.FieldsFunc(spacedEquals.ReplaceAllString(s, "="), func(r rune) bool {
+		return r == ',' || unicode.IsSpace(r)
+	})
+}
+
+// isSetting tells a name=value item from a socket: a socket has a ':'
+// before any '=', or is a path.
+func isSetting(item string) bool {
+	name, _, _ := strings.Cut(item, "=")
+	return !strings.Contains(name, ":") && !strings.HasPrefix(item, "/")
+}
+
+// ParseDuration reads a timeout as every flag, file key and milter
+// setting takes it: a Go duration ("10s", "2m", "1m30s") or, as Postfix
+// writes them, a plain number of seconds ("30"). It must be positive.
+func ParseDuration(v string) (time.Duration, error) {
+	v = strings.TrimSpace(v)
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if n <= 0 || n > int64(math.MaxInt64/time.Second) {
+			return 0, fmt.Errorf("duration %q: must be positive", v)
 		}
 		return time.Duration(n) * time.Second, nil
 	}
 	d, err := time.ParseDuration(v)
-	if err == nil && d <= 0 {
-		err = fmt.Errorf("must be positive")
+	if err != nil {
+		return 0, fmt.Errorf("duration %q: want e.g. 30s, 5m or a number of seconds", v)
 	}
-	return d, err
+	if d <= 0 {
+		return 0, fmt.Errorf("duration %q: must be positive", v)
+	}
+	return d, nil
 }
 
 // ParseSize reads a positive number of at most max, written plain or with

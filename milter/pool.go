@@ -135,5 +135,27 @@ func (p *Pool) markUp(ep *endpoint) {
 	}
 }
 
+// EndpointState is what a pool knows of one of its endpoints.
+type EndpointState struct {
+	Name string // the endpoint in Postfix notation
+	Up   bool
+}
+
+// Endpoints reports its endpoints in the configured order. An endpoint is
+// up until a connection to it or a session on it fails, and down from
+// then until a connection succeeds again. The pool learns only from
+// sessions: it tries a down endpoint again when a session opens after the
+// endpoint's backoff (or when every endpoint is down), so with no traffic
+// the state stays as the last session found it.
+func (p *Pool) Endpoints() []EndpointState {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]EndpointState, len(p.eps))
+	for i, ep := range p.eps {
+		out[i] = EndpointState{Name: ep.client.Name, Up: ep.downUntil.IsZero()}
+	}
+	return out
+}
+
 // Endpoint names the endpoint a session talks to.
 func (s *Session) Endpoint() string { return s.c.Name }

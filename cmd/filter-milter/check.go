@@ -1,8 +1,6 @@
 package main
 
 import (
-	"flag"
-	"fmt"
 	"io"
 
 	"github.com/filter-milter/filter-milter/config"
@@ -14,27 +12,33 @@ import (
 // It exits 1 when any endpoint failed, 2 on a usage or configuration
 // error.
 func runCheck(args []string, _ io.Reader, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("filter-milter check", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	s := config.Defaults()
-	s.AddFlags(fs)
-	fs.Usage = func() { fmt.Fprint(stderr, checkUsage); fs.PrintDefaults() }
-	if err := parseSettings(fs, &s, args); err != nil {
-		return reportParseError(err, stderr)
+	f := checkFlags(&s)
+	if code, done := f.parse(args, stdout, stderr); done {
+		return code
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "filter-milter check: unexpected arguments %q\n", fs.Args())
+	if f.NArg() > 0 {
+		return f.usageError(stderr, "check: unexpected arguments %q", f.Args())
+	}
+	if err := s.ApplyFile(f.FlagSet); err != nil {
+		errorf(stderr, "%v", err)
 		return exitUsage
 	}
 	milters, err := s.MilterConfigs()
 	if err != nil {
-		fmt.Fprintf(stderr, "filter-milter check: %v\n", err)
+		errorf(stderr, "%v", err)
 		return exitUsage
 	}
 	if !probe.Milters(stdout, milters, s.DefaultAction) {
 		return exitFailure
 	}
 	return exitOK
+}
+
+func checkFlags(s *config.Settings) *cmdFlags {
+	f := newFlags("filter-milter check", checkUsage)
+	s.AddFlags(f.FlagSet)
+	return f
 }
 
 const checkUsage = `usage: filter-milter check [-config FILE] [flags]

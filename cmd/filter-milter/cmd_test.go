@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -206,25 +207,35 @@ flags:
 `
 
 // TestTestCommandUsage: a usage or configuration error of the test
-// command exits 2, with its usage or one line
-// saying what is wrong on stderr, and nothing on stdout, where the result
-// goes; -h prints the usage on stderr and exits 0.
+// command exits 2, with one line saying what is wrong on stderr (and the
+// usage after it for a usage error), and nothing on stdout, where the
+// result goes; -h prints the usage on stdout and exits 0.
 func TestTestCommandUsage(t *testing.T) {
 	noRcpt := writeMessage(t, "Subject: no recipients\n\nx\n")
 	msg := writeMessage(t, testMessage)
-	usage := func(stderr string) error {
-		if !strings.HasPrefix(stderr, testUsageHead) {
+	usage := func(text string) error {
+		if !strings.HasPrefix(text, testUsageHead) {
 			return fmt.Errorf("does not start with the usage")
 		}
 		// The shared flags, then the test command's own, as PrintDefaults
 		// writes them (in name order).
 		for _, f := range []string{"\n  -auth string\n", "\n  -client-ip string\n", "\n  -config string\n", "\n  -from string\n",
-			"\n  -helo string\n", "\n  -json\n", "\n  -milter value\n", "\n  -o string\n", "\n  -rcpt value\n"} {
-			if !strings.Contains(stderr, f) {
+			"\n  -helo string\n", "\n  -json\n", "\n  -milter value\n", "\n  -o string\n", "\n  -rcpt value\n",
+			"\n  -command-timeout time\n"} {
+			if !strings.Contains(text, f) {
 				return fmt.Errorf("lacks the flag %q", strings.TrimSpace(f))
 			}
 		}
 		return nil
+	}
+	errorThenUsage := func(want string) func(string) error {
+		return func(stderr string) error {
+			first, rest, _ := strings.Cut(stderr, "\n")
+			if first != want {
+				return fmt.Errorf("first line %q, want %q", first, want)
+			}
+			return usage(rest)
+		}
 	}
 	line := func(want string) func(string) error {
 		return func(stderr string) error {
@@ -235,33 +246,29 @@ func TestTestCommandUsage(t *testing.T) {
 		}
 	}
 	for _, c := range []struct {
-		args   []string
-		code   int
-		stderr func(string) error
+		args           []string
+		code           int
+		stdout, stderr func(string) error
 	}{
-		{[]string{"test", "-milter", "inet:1"}, exitUsage, usage},
-		{[]string{"test", "-milter", "inet:1", msg, msg}, exitUsage, usage},
-		{[]string{"test", "-h"}, exitOK, usage},
-		{[]string{"test", "-bogus", msg}, exitUsage, func(stderr string) error {
-			first, rest, _ := strings.Cut(stderr, "\n")
-			if first != "flag provided but not defined: -bogus" {
-				return fmt.Errorf("first line %q", first)
-			}
-			return usage(rest)
-		}},
-		{[]string{"test", "-milter", "inet:1", noRcpt}, exitUsage,
-			line("filter-milter test: no recipient: give --rcpt ADDRESS (the message has no To: or Cc: address)\n")},
-		{[]string{"test", "-milter", "inet:1", "--rcpt", "a@b", "--client-ip", "nonsense", noRcpt}, exitUsage,
-			line("filter-milter test: --client-ip \"nonsense\": ParseAddr(\"nonsense\"): unable to parse IP\n")},
-		{[]string{"test", "-milter", "inet:1", "--rcpt", "a b@c", noRcpt}, exitUsage,
-			line("filter-milter test: address \"a b@c\": give it bare, without <>, spaces or '|'\n")},
-		{[]string{"test", "-milter", "inet:1", "--rcpt", "a@b", "/nonexistent.eml"}, exitUsage,
-			line("filter-milter test: open /nonexistent.eml: no such file or directory\n")},
-		{[]string{"test", "--rcpt", "a@b", msg}, exitUsage,
-			line("filter-milter test: no milter configured: give at least one -milter SPEC, or -config FILE\n")},
-		{[]string{"test", "-milter", "tcp:1", msg}, exitUsage, func(stderr string) error {
-			if !strings.HasPrefix(stderr, "filter-milter test: -milter: ") || strings.Count(stderr, "\n") != 1 {
-				return fmt.Errorf("want one line \"filter-milter test: -milter: ...\"")
+		{[]string{"test", "-milter", "inet:1"}, exitUsage, nil, errorThenUsage("filter-milter: test: want one MESSAGE.eml, got 0")},
+		{[]string{"test", "-milter", "inet:1", msg, msg}, exitUsage, nil, errorThenUsage("filter-milter: test: want one MESSAGE.eml, got 2")},
+		{[]string{"test", "-h"}, exitOK, usage, line("")},
+		{[]string{"test", "-help", msg}, exitOK, usage, line("")},
+		{[]string{"help", "test"}, exitOK, usage, line("")},
+		{[]string{"test", "-bogus", msg}, exitUsage, nil, errorThenUsage("filter-milter: flag provided but not defined: -bogus")},
+		{[]string{"test", "-milter", "inet:1", noRcpt}, exitUsage, nil,
+			line("filter-milter: no recipient: give --rcpt ADDRESS (the message has no To: or Cc: address)\n")},
+		{[]string{"test", "-milter", "inet:1", "--rcpt", "a@b", "--client-ip", "nonsense", noRcpt}, exitUsage, nil,
+			line("filter-milter: --client-ip \"nonsense\": ParseAddr(\"nonsense\"): unable to parse IP\n")},
+		{[]string{"test", "-milter", "inet:1", "--rcpt", "a b@c", noRcpt}, exitUsage, nil,
+			line("filter-milter: address \"a b@c\": give it bare, without <>, spaces or '|'\n")},
+		{[]string{"test", "-milter", "inet:1", "--rcpt", "a@b", "/nonexistent.eml"}, exitUsage, nil,
+			line("filter-milter: open /nonexistent.eml: no such file or directory\n")},
+		{[]string{"test", "--rcpt", "a@b", msg}, exitUsage, nil,
+			line("filter-milter: no milter configured: give at least one -milter SPEC, or -config FILE\n")},
+		{[]string{"test", "-milter", "tcp:1", msg}, exitUsage, nil, func(stderr string) error {
+			if !strings.HasPrefix(stderr, "filter-milter: -milter: ") || strings.Count(stderr, "\n") != 1 {
+				return fmt.Errorf("want one line \"filter-milter: -milter: ...\"")
 			}
 			return nil
 		}},
@@ -270,8 +277,13 @@ func TestTestCommandUsage(t *testing.T) {
 		if code != c.code {
 			t.Errorf("%q: exit %d, want %d", c.args, code, c.code)
 		}
-		if out != "" {
+		if c.stdout == nil && out != "" {
 			t.Errorf("%q: stdout %q, want nothing: it carries the result", c.args, out)
+		}
+		if c.stdout != nil {
+			if err := c.stdout(out); err != nil {
+				t.Errorf("%q: stdout %v:\n%s", c.args, err, out)
+			}
 		}
 		if err := c.stderr(errOut); err != nil {
 			t.Errorf("%q: stderr %v:\n%s", c.args, err, errOut)
@@ -279,18 +291,106 @@ func TestTestCommandUsage(t *testing.T) {
 	}
 }
 
-// TestHelpGoesToStdout: "filter-milter help" prints the usage of all
-// three commands on stdout and exits 0; the usage errors of the filter
-// print it on stderr and exit 2, leaving stdout to the protocol.
+// TestHelpGoesToStdout: help, -h and -help print the usage on stdout and
+// exit 0, for the filter and each command; a usage error prints the error
+// and the usage on stderr and exits 2, leaving stdout to the protocol.
 func TestHelpGoesToStdout(t *testing.T) {
-	code, out, errOut := runCmd(t, "help")
-	if code != exitOK || errOut != "" || !strings.HasPrefix(out, "usage:\n  filter-milter [-config FILE] [flags]") ||
-		!strings.Contains(out, "\n  filter-milter check [-config FILE] [flags]") || !strings.Contains(out, "\n  filter-milter test [-config FILE] [flags]") {
-		t.Errorf("help: exit %d, stdout %q, stderr %q", code, out, errOut)
+	const filterHead = "usage:\n  filter-milter [-config FILE] [flags]"
+	for _, c := range []struct {
+		args []string
+		head string
+		flag string // one of the flags listed
+	}{
+		{[]string{"help"}, filterHead, "\n  -version\n"},
+		{[]string{"-h"}, filterHead, "\n  -version\n"},
+		{[]string{"-help"}, filterHead, "\n  -metrics-listen string\n"},
+		{[]string{"--help"}, filterHead, "\n  -connect-timeout time\n"},
+		{[]string{"-milter", "inet:1", "-h"}, filterHead, "\n  -milter value\n"},
+		{[]string{"check", "-h"}, checkUsage, "\n  -milter value\n"},
+		{[]string{"help", "check"}, checkUsage, "\n  -milter value\n"},
+		{[]string{"test", "-h"}, testUsage, "\n  -rcpt value\n"},
+	} {
+		code, out, errOut := runCmd(t, c.args...)
+		if code != exitOK || errOut != "" || !strings.HasPrefix(out, c.head) || !strings.Contains(out, c.flag) {
+			t.Errorf("%q: exit %d, stderr %q, stdout:\n%s\nwant exit 0, nothing on stderr, stdout starting %q and listing %q",
+				c.args, code, errOut, out, c.head, c.flag)
+		}
 	}
-	code, out, errOut = runCmd(t, "-bogus")
-	if code != exitUsage || out != "" || !strings.Contains(errOut, "flag provided but not defined: -bogus\nusage:\n  filter-milter [-config FILE]") {
+	code, out, _ := runCmd(t, "help")
+	for _, want := range []string{"\n  filter-milter check [-config FILE] [flags]", "\n  filter-milter test [-config FILE] [flags]", "\n  filter-milter -version"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("help: exit %d, stdout lacks %q:\n%s", code, want, out)
+		}
+	}
+	code, out, errOut := runCmd(t, "-bogus")
+	if code != exitUsage || out != "" || !strings.HasPrefix(errOut, "filter-milter: flag provided but not defined: -bogus\nusage:\n  filter-milter [-config FILE]") {
 		t.Errorf("-bogus: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+}
+
+// TestErrorsInOneStyle runs every error path of the three commands that
+// ends before a session: each exits 2, prints nothing on stdout, and its
+// first line on stderr is "filter-milter: " and what is wrong, naming the
+// spec, flag or key.
+func TestErrorsInOneStyle(t *testing.T) {
+	msg := writeMessage(t, testMessage)
+	badFile := writeFile(t, "bad.toml", "default_action = \"drop\"\n")
+	for _, c := range []struct {
+		args []string
+		want string // in the first line
+	}{
+		{[]string{"-bogus"}, "flag provided but not defined: -bogus"},
+		{[]string{"-command-timeout", "soon"}, `invalid value "soon" for flag -command-timeout`},
+		{[]string{"-milter", "inet:1", "stray"}, `unexpected arguments ["stray"]`},
+		{[]string{}, "no milter configured"},
+		{[]string{"-milter", "{ inet:1, default_action=drop }"}, `-milter: milter "{ inet:1, default_action=drop }": default_action=drop`},
+		{[]string{"-milter", "inet:1{comand_timeout=1}"}, `comand_timeout=1: unknown setting`},
+		{[]string{"-milter", "inet:1", "-default-action", "drop"}, "default action"},
+		{[]string{"-config", badFile}, badFile + ":1: key default_action"},
+		{[]string{"-config", "/nonexistent.toml"}, "/nonexistent.toml"},
+		{[]string{"check", "-bogus"}, "flag provided but not defined: -bogus"},
+		{[]string{"check", "stray"}, `check: unexpected arguments ["stray"]`},
+		{[]string{"check"}, "no milter configured"},
+		{[]string{"check", "-config", badFile}, badFile + ":1: key default_action"},
+		{[]string{"check", "-milter", "tcp:1"}, `-milter: milter "tcp:1"`},
+		{[]string{"test", "-bogus", msg}, "flag provided but not defined: -bogus"},
+		{[]string{"test", "-config", badFile, msg}, badFile + ":1: key default_action"},
+		{[]string{"test", "-milter", "inet:1", "-eom-timeout", "0", msg}, `invalid value "0" for flag -eom-timeout`},
+		{[]string{"help", "bogus"}, "help bogus: want help, help check or help test"},
+	} {
+		code, out, errOut := runCmd(t, c.args...)
+		first, _, _ := strings.Cut(errOut, "\n")
+		if code != exitUsage || out != "" || !strings.HasPrefix(first, "filter-milter: ") || !strings.Contains(first, c.want) {
+			t.Errorf("%q: exit %d, stdout %q, stderr:\n%s\nwant exit 2, nothing on stdout, a first line \"filter-milter: ...%s...\"",
+				c.args, code, out, errOut, c.want)
+		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	for _, args := range [][]string{{"-version"}, {"version"}, {"-milter", "inet:1", "-version"}} {
+		code, out, errOut := runCmd(t, args...)
+		if code != exitOK || errOut != "" || !strings.HasPrefix(out, "filter-milter ") || strings.Count(out, "\n") != 1 {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q; want exit 0 and one line \"filter-milter VERSION ...\"", args, code, out, errOut)
+		}
+	}
+	bi := &debug.BuildInfo{Main: debug.Module{Path: "github.com/filter-milter/filter-milter", Version: "v1.2.3"}}
+	for _, c := range []struct {
+		settings []debug.BuildSetting
+		want     string
+	}{
+		{nil, "filter-milter v1.2.3"},
+		{[]debug.BuildSetting{{Key: "vcs.revision", Value: "0123abc"}, {Key: "vcs.modified", Value: "false"}}, "filter-milter v1.2.3 (0123abc)"},
+		{[]debug.BuildSetting{{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: "0123abc"}, {Key: "vcs.modified", Value: "true"}},
+			"filter-milter v1.2.3 (0123abc, modified)"},
+	} {
+		bi.Settings = c.settings
+		if got := versionLine(bi, true); got != c.want {
+			t.Errorf("versionLine(%v) = %q, want %q", c.settings, got, c.want)
+		}
+	}
+	if got := versionLine(nil, false); got != "filter-milter (unknown)" {
+		t.Errorf("without build information: %q", got)
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"strings"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -42,13 +43,15 @@ const (
 
 // commands are the subcommands, each with the filter's stdin, stdout and
 // stderr; any other first argument is a flag of the filter itself.
-var commands = map[string]func(args []string, stdin io.Reader, stdout, stderr io.Writer) int{
-	"check": runCheck,
-	"test":  runTest,
-	"help": func(_ []string, _ io.Reader, stdout, _ io.Writer) int {
-		usage(stdout)
-		return exitOK
-	},
+var commands map[string]func(args []string, stdin io.Reader, stdout, stderr io.Writer) int
+
+func init() {
+	commands = map[string]func(args []string, stdin io.Reader, stdout, stderr io.Writer) int{
+		"check":   runCheck,
+		"test":    runTest,
+		"help":    runHelp,
+		"version": func(_ []string, _ io.Reader, stdout, _ io.Writer) int { return printVersion(stdout) },
+	}
 }
 
 func main() {
@@ -70,75 +73,161 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return runFilter(args, stdin, stdout, stderr)
 }
 
-func usage(w io.Writer) {
-	fmt.Fprint(w, `usage:
+const usage = `usage:
   filter-milter [-config FILE] [flags]          the filter, as smtpd's proc-exec runs it
   filter-milter check [-config FILE] [flags]    negotiate with each milter and print what it asked for
   filter-milter test [-config FILE] [flags] [--from ADDR] [--rcpt ADDR]... [--client-ip IP]
                      [--helo NAME] [--auth USER] [--json] [-o FILE] MESSAGE.eml
                                                 run a message through the milters as smtpd would
+  filter-milter -version                        print the version (also: filter-milter version)
+  filter-milter help [check | test]             print this, or a command's usage, with its flags
 
-Run "filter-milter -h", "filter-milter check -h" or "filter-milter test -h" for the flags;
 filter-milter(8) has the rest.
-`)
+`
+
+// errorf prints an error the way every error filter-milter prints itself
+// is printed (its logs aside): one line, "filter-milter: ...".
+func errorf(w io.Writer, format string, args ...any) {
+	fmt.Fprintf(w, "filter-milter: "+format+"\n", args...)
 }
 
-// parseSettings parses the shared flags (and the command's own, which the
-// caller registered on fs), then applies the configuration file.
-func parseSettings(fs *flag.FlagSet, s *config.Settings, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		return err // the flag package has printed it
-	}
-	if err := s.ApplyFile(fs); err != nil {
-		return configError{err}
-	}
-	return nil
+// cmdFlags are a command's flags and the usage that comes before them.
+// The flag package prints nothing itself: -h prints the usage on stdout,
+// a usage error goes to stderr with the usage (see parse).
+type cmdFlags struct {
+	*flag.FlagSet
+	head string
 }
 
-// configError is an error of the configuration file.
-type configError struct{ error }
+func newFlags(name, head string) *cmdFlags {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	return &cmdFlags{FlagSet: fs, head: head}
+}
 
-// reportParseError prints what the flag package has not printed, and
-// returns the exit status.
-func reportParseError(err error, stderr io.Writer) int {
-	if errors.Is(err, flag.ErrHelp) {
-		return exitOK
+func (f *cmdFlags) printUsage(w io.Writer) {
+	fmt.Fprint(w, f.head)
+	f.SetOutput(w)
+	f.PrintDefaults()
+	f.SetOutput(io.Discard)
+}
+
+// parse parses args. done says the command ends here, with code: after
+// -h or -help (the usage on stdout, exit 0) or a bad flag (the error and
+// the usage on stderr, exit 2).
+func (f *cmdFlags) parse(args []string, stdout, stderr io.Writer) (code int, done bool) {
+	err := f.Parse(args)
+	switch {
+	case err == nil:
+		return exitOK, false
+	case errors.Is(err, flag.ErrHelp):
+		f.printUsage(stdout)
+		return exitOK, true
 	}
-	var ce configError
-	if errors.As(err, &ce) {
-		fmt.Fprintf(stderr, "filter-milter: %v\n", ce.error)
-	}
+	return f.usageError(stderr, "%v", err), true
+}
+
+// usageError prints a usage error and the usage on stderr.
+func (f *cmdFlags) usageError(stderr io.Writer, format string, args ...any) int {
+	errorf(stderr, format, args...)
+	f.printUsage(stderr)
 	return exitUsage
+}
+
+// runHelp is `filter-milter help [check | test]`.
+func runHelp(args []string, _ io.Reader, stdout, stderr io.Writer) int {
+	s := config.Defaults()
+	switch {
+	case len(args) == 0:
+		f, _ := filterFlags(&s)
+		f.printUsage(stdout)
+	case len(args) == 1 && args[0] == "check":
+		checkFlags(&s).printUsage(stdout)
+	case len(args) == 1 && args[0] == "test":
+		(&testArgs{s: s}).flags().printUsage(stdout)
+	default:
+		errorf(stderr, "help %s: want help, help check or help test", strings.Join(args, " "))
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	return exitOK
+}
+
+// printVersion prints the module version and the VCS revision the binary
+// was built from, as the Go toolchain recorded them.
+func printVersion(stdout io.Writer) int {
+	bi, ok := debug.ReadBuildInfo()
+	fmt.Fprintln(stdout, versionLine(bi, ok))
+	return exitOK
+}
+
+// versionLine is "filter-milter VERSION (REVISION[, modified])": the
+// module version ("(devel)" for a build from a work tree, "v1.2.3" for
+// go install ...@v1.2.3), and the commit with whether the tree had
+// uncommitted changes, when the build recorded them (go build in a git
+// checkout does; go install ...@version and -buildvcs=false do not).
+func versionLine(bi *debug.BuildInfo, ok bool) string {
+	version, revision, modified := "(unknown)", "", false
+	if ok {
+		if bi.Main.Version != "" {
+			version = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				revision = s.Value
+			case "vcs.modified":
+				modified = s.Value == "true"
+			}
+		}
+	}
+	line := "filter-milter " + version
+	switch {
+	case revision != "" && modified:
+		line += " (" + revision + ", modified)"
+	case revision != "":
+		line += " (" + revision + ")"
+	}
+	return line
+}
+
+// filterFlags are the filter's flags: the shared ones and -version.
+func filterFlags(s *config.Settings) (f *cmdFlags, version *bool) {
+	f = newFlags("filter-milter", usage+"\nflags (the configuration file has a key for each, with '_' for '-'; a -milter is a [[milter]] table):\n")
+	s.AddFlags(f.FlagSet)
+	version = f.Bool("version", false, "print the version and exit")
+	return f, version
 }
 
 // runFilter is filter-milter as smtpd runs it.
 func runFilter(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("filter-milter", flag.ContinueOnError)
-	fs.SetOutput(stderr)
 	s := config.Defaults()
-	s.AddFlags(fs)
-	fs.Usage = func() {
-		usage(stderr)
-		fmt.Fprintf(stderr, "\nflags (the configuration file has a key for each, with '_' for '-'; a -milter is a [[milter]] table):\n")
-		fs.PrintDefaults()
+	f, version := filterFlags(&s)
+	if code, done := f.parse(args, stdout, stderr); done {
+		return code
 	}
-	if err := parseSettings(fs, &s, args); err != nil {
-		return reportParseError(err, stderr)
+	if *version {
+		return printVersion(stdout)
 	}
-	log := newLogger(s.LogLevel)
-	defer func() { _ = log.Sync() }()
-	if fs.NArg() > 0 {
-		log.Error("unexpected arguments (subcommands are check and test)", zap.Strings("args", fs.Args()))
+	if f.NArg() > 0 {
+		return f.usageError(stderr, "unexpected arguments %q (the commands are check, test, help and version)", f.Args())
+	}
+	if err := s.ApplyFile(f.FlagSet); err != nil {
+		errorf(stderr, "%v", err)
 		return exitUsage
 	}
 	milters, err := s.MilterConfigs()
 	if err != nil {
-		log.Error("bad configuration", zap.Error(err))
+		errorf(stderr, "%v", err)
 		return exitUsage
 	}
+	log := newLogger(s.LogLevel)
+	defer func() { _ = log.Sync() }()
 	cfg := s.GatewayConfig(milters, log)
 	if s.MetricsListen != "" {
 		obs := metrics.New()
+		obs.Watch(cfg.Milters)
 		cfg.Observer = obs
 		srv := obs.Serve(s.MetricsListen, log)
 		defer func() { _ = srv.Close() }()

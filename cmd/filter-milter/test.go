@@ -2,8 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"flag"
-	"fmt"
 	"io"
 	"os"
 
@@ -19,45 +17,31 @@ import (
 // a diff of the message. It exits 0 when the message would be accepted,
 // 1 when it would be refused, 2 on a usage or configuration error.
 func runTest(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("filter-milter test", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	s := config.Defaults()
-	s.LogLevel = zapcore.ErrorLevel // the gateway's log from info up is part of the result
-	s.AddFlags(fs)
-	var sess dryrun.Session
-	var asJSON bool
-	var output string
-	fs.StringVar(&sess.From, "from", "", "envelope sender; default: the address in the message's From: header")
-	fs.Var((*config.StringList)(&sess.Rcpts), "rcpt", "envelope recipient, repeat for several; default: the addresses in To: and Cc:")
-	fs.StringVar(&sess.ClientIP, "client-ip", "127.0.0.1", "the SMTP client's address")
-	fs.StringVar(&sess.ClientName, "client-name", "", "the client's verified reverse DNS name; default: localhost for a loopback address, none otherwise")
-	fs.StringVar(&sess.Helo, "helo", "localhost", "the client's EHLO name")
-	fs.StringVar(&sess.Auth, "auth", "", "the user the client authenticated as (AUTH PLAIN); default: not authenticated")
-	fs.BoolVar(&asJSON, "json", false, "print the result as one JSON object")
-	fs.StringVar(&output, "o", "", "write the message as the milters left it to this file")
-	fs.Usage = func() { fmt.Fprint(stderr, testUsage); fs.PrintDefaults() }
+	a := testArgs{s: config.Defaults()}
+	a.s.LogLevel = zapcore.ErrorLevel // the gateway's log from info up is part of the result
+	f := a.flags()
 	// Flags may come before and after the message's name.
 	var pos []string
 	for rest := args; ; {
-		if err := fs.Parse(rest); err != nil {
-			return reportParseError(err, stderr)
+		if code, done := f.parse(rest, stdout, stderr); done {
+			return code
 		}
-		if fs.NArg() == 0 {
+		if f.NArg() == 0 {
 			break
 		}
-		pos = append(pos, fs.Arg(0))
-		rest = fs.Args()[1:]
-	}
-	if err := s.ApplyFile(fs); err != nil {
-		fmt.Fprintf(stderr, "filter-milter: %v\n", err)
-		return exitUsage
+		pos = append(pos, f.Arg(0))
+		rest = f.Args()[1:]
 	}
 	if len(pos) != 1 {
-		fs.Usage()
+		return f.usageError(stderr, "test: want one MESSAGE.eml, got %d", len(pos))
+	}
+	s, sess := &a.s, a.sess
+	if err := s.ApplyFile(f.FlagSet); err != nil {
+		errorf(stderr, "%v", err)
 		return exitUsage
 	}
 	fail := func(code int, err error) int {
-		fmt.Fprintf(stderr, "filter-milter test: %v\n", err)
+		errorf(stderr, "%v", err)
 		return code
 	}
 	milters, err := s.MilterConfigs()
@@ -71,19 +55,19 @@ func runTest(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if err := sess.Complete(msg); err != nil {
 		return fail(exitUsage, err)
 	}
-	res, err := dryrun.Run(&s, milters, sess, msg, newLogger(s.LogLevel))
+	res, err := dryrun.Run(s, milters, sess, msg, newLogger(s.LogLevel))
 	if err != nil {
 		return fail(exitFailure, err)
 	}
 	switch {
-	case output != "" && res.Delivered():
-		if err := os.WriteFile(output, res.After(), 0o644); err != nil {
+	case a.output != "" && res.Delivered():
+		if err := os.WriteFile(a.output, res.After(), 0o644); err != nil {
 			return fail(exitUsage, err)
 		}
-	case output != "":
-		fmt.Fprintf(stderr, "filter-milter test: %s not written: the message would not be queued\n", output)
+	case a.output != "":
+		errorf(stderr, "%s not written: the message would not be queued", a.output)
 	}
-	if asJSON {
+	if a.asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		enc.SetEscapeHTML(false)
@@ -97,6 +81,28 @@ func runTest(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// testArgs are the test command's settings and flags.
+type testArgs struct {
+	s      config.Settings
+	sess   dryrun.Session
+	asJSON bool
+	output string
+}
+
+func (a *testArgs) flags() *cmdFlags {
+	f := newFlags("filter-milter test", testUsage)
+	a.s.AddFlags(f.FlagSet)
+	f.StringVar(&a.sess.From, "from", "", "envelope sender; default: the address in the message's From: header")
+	f.Var((*config.StringList)(&a.sess.Rcpts), "rcpt", "envelope recipient, repeat for several; default: the addresses in To: and Cc:")
+	f.StringVar(&a.sess.ClientIP, "client-ip", "127.0.0.1", "the SMTP client's address")
+	f.StringVar(&a.sess.ClientName, "client-name", "", "the client's verified reverse DNS name; default: localhost for a loopback address, none otherwise")
+	f.StringVar(&a.sess.Helo, "helo", "localhost", "the client's EHLO name")
+	f.StringVar(&a.sess.Auth, "auth", "", "the user the client authenticated as (AUTH PLAIN); default: not authenticated")
+	f.BoolVar(&a.asJSON, "json", false, "print the result as one JSON object")
+	f.StringVar(&a.output, "o", "", "write the message as the milters left it to this file")
+	return f
 }
 
 const testUsage = `usage: filter-milter test [-config FILE] [flags] [--from ADDR] [--rcpt ADDR]... [--client-ip IP]
