@@ -97,7 +97,9 @@ clean:
 # into the directory the distribution's smtpd package owns), and the man
 # page. smtpd.conf names the binary by its absolute path.
 install:
-	$(GO) build -trimpath -o filter-milter ./cmd/filter-milter
+# -buildvcs=auto: the git revision goes into the binary for -version even
+# where GOFLAGS says -buildvcs=false (it is left out outside a checkout).
+	$(GO) build -trimpath -buildvcs=auto -o filter-milter ./cmd/filter-milter
 	$(INSTALL) -d -m 0755 $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(MANDIR)/man8
 	$(INSTALL) -m 0755 filter-milter $(DESTDIR)$(LIBEXECDIR)/filter-milter
 	$(INSTALL) -m 0644 docs/filter-milter.8 $(DESTDIR)$(MANDIR)/man8/filter-milter.8
