@@ -206,6 +206,15 @@ func (g *Gateway) reap(now time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for id, s := range g.sessions {
+		// A busy session is waiting on a milter for an answer smtpd is
+		// waiting for: smtpd is silent because of us, not because the
+		// session is over. Were smtpd to time the client out meanwhile,
+		// it would say so with link-disconnect (smtp_session.c, smtp_free),
+		// which interrupts the call; the milter's own timeouts bound it
+		// otherwise.
+		if s.busy.Load() {
+			continue
+		}
 		if now.Sub(time.Unix(0, s.lastActive.Load())) > g.idleTimeout {
 			s.log.Warn("freeing a session smtpd has been silent about for longer than its session timeout",
 				zap.Duration("smtp_session_timeout", g.idleTimeout))

@@ -14,16 +14,16 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/filter-milter/filter-milter/milter"
-	"github.com/filter-milter/filter-milter/smtpdplay"
 )
 
 // stuckMilter is a raw milter that negotiates, continues CONNECT and
-// HELO, and never answers MAIL: it reads on, and reports when the MTA
-// closes the connection.
+// HELO, and does not answer MAIL until the test releases it (then it
+// rejects): it reads on, and reports when the MTA closes the connection.
 type stuckMilter struct {
-	spec   string
-	atMail chan struct{} // closed when MAIL came
-	closed chan struct{} // closed when the MTA closed the connection
+	spec    string
+	atMail  chan struct{} // closed when MAIL came
+	closed  chan struct{} // closed when the MTA closed the connection
+	release chan struct{} // closed by the test: MAIL gets SMFIR_REJECT
 }
 
 func startStuckMilter(t *testing.T) *stuckMilter {
@@ -37,7 +37,7 @@ func startStuckMilter(t *testing.T) *stuckMilter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &stuckMilter{spec: "unix:" + path, atMail: make(chan struct{}), closed: make(chan struct{})}
+	m := &stuckMilter{spec: "unix:" + path, atMail: make(chan struct{}), closed: make(chan struct{}), release: make(chan struct{})}
 	served := make(chan struct{})
 	var conn net.Conn
 	go func() {
@@ -87,7 +87,14 @@ func (m *stuckMilter) serve(c net.Conn) {
 		case 'C', 'H':
 			reply('c')
 		case 'M':
-			close(m.atMail) // and no answer, ever
+			close(m.atMail)
+			go func() {
+				select {
+				case <-m.release:
+					reply('r')
+				case <-m.closed:
+				}
+			}()
 		}
 	}
 }
@@ -145,16 +152,29 @@ func TestLinkDisconnectInterruptsAStuckMilter(t *testing.T) {
 	}
 }
 
-func TestReapingInterruptsAStuckMilter(t *testing.T) {
+// A session waiting on a milter is waiting for an answer smtpd is
+// waiting for: smtpd is silent because of the gateway, and the reaper
+// must not take that silence for a lost session, however long the call
+// takes within the milter's timeouts (end of message may take up to
+// -eom-timeout, twice smtpd's default session timeout). Reaped, the
+// session would answer nothing, and smtpd's later lines for it would
+// start a fresh session that proceeds.
+func TestReapingLeavesASessionWaitingOnAMilter(t *testing.T) {
 	logs, _ := observer.New(zap.DebugLevel)
 	p, m := startStuck(t, logs)
-	p.handshakeWith(smtpdplay.Config{SmtpdVersion: "7.8.0", SessionTimeout: 1})
+	p.handshake()
 	p.toMail(m)
-	// smtpd says nothing more: the session is reaped after its 1 s
-	// timeout, long before the milter's one-minute command timeout.
-	m.waitClosed(t, 10*time.Second, "the session timeout")
-	p.waitSessions(0)
-	p.s.Abandon() // smtpd timed the session out: an answer to MAIL would be dropped
+	// The reaper's check, as it would run long after the session timeout
+	// (the gateway's smtp-session-timeout is smtpd's 300 s here).
+	p.g.reap(time.Now().Add(time.Hour))
+	select {
+	case <-m.closed:
+		t.Fatal("the reaper closed the milter connection of a session waiting on it")
+	default:
+	}
+	close(m.release)
+	p.expect(result("reject|550 5.7.1 Command rejected"))
+	p.finish()
 }
 
 func TestShutdownInterruptsAStuckMilter(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -51,7 +52,12 @@ type session struct {
 	out        []byte       // lines for smtpd not yet handed to the writer
 	size       int          // bytes of the message's data lines, for the observer
 	chunk      []byte       // reused body chunk buffer
-	lastActive atomic.Int64 // when smtpd last sent something for the session (unix ns)
+	lastActive atomic.Int64 // when smtpd and the session last exchanged a line (unix ns)
+	// busy: the session is handling lines smtpd sent, so smtpd may be
+	// waiting for its answer however long the milters take (up to
+	// -eom-timeout at end of message, longer than smtpd's session
+	// timeout): the reaper leaves it alone (Gateway.reap).
+	busy atomic.Bool
 
 	// gone: smtpd is done with the session (link-disconnect, reaping,
 	// shutdown past its timeout); set from other goroutines by interrupt.
@@ -94,6 +100,7 @@ func (s *session) run() {
 		if s.end != running {
 			return
 		}
+		s.busy.Store(true)
 		for i := range batch {
 			l := batch[i].lineFor(s.id)
 			batch[i] = item{}
@@ -110,6 +117,10 @@ func (s *session) run() {
 		if len(s.out) > 0 && s.q.empty() {
 			s.flush()
 		}
+		// The session's idle time starts from its own last answer, not
+		// from smtpd's last line before a long milter call.
+		s.lastActive.Store(time.Now().UnixNano())
+		s.busy.Store(false)
 	}
 }
 
