@@ -34,7 +34,7 @@ const (
 // chooseMode decides, at DATA, how the message's lines go. discarded says
 // the message was discarded before DATA, so the milters were not asked.
 func (s *session) chooseMode(discarded bool) messageMode {
-	discardRejects := s.g.cfg.Policy.Discard == DiscardReject
+	discardRejects := s.cfg.Policy.Discard == DiscardReject
 	if discarded {
 		if discardRejects {
 			// Commit refuses it whatever it says: nothing needs its text.
@@ -121,7 +121,7 @@ func (s *session) finishData(token string, filter bool) {
 	if filter {
 		s.msg.parse()
 		s.filterMessage()
-		if s.discard && s.g.cfg.Policy.Discard == DiscardJunk {
+		if s.discard && s.cfg.Policy.Discard == DiscardJunk {
 			s.markJunk()
 		}
 	}
@@ -134,7 +134,7 @@ func (s *session) finishData(token string, filter bool) {
 	switch {
 	case s.mode != modeBuffer:
 		// Already written back line by line.
-	case filter && s.commit.decision == protocol.Proceed && (!s.discard || s.g.cfg.Policy.Discard == DiscardJunk):
+	case filter && s.commit.decision == protocol.Proceed && (!s.discard || s.cfg.Policy.Discard == DiscardJunk):
 		s.msg.emit(put)
 	default:
 		// A refused message goes back as it came: commit rolls it back.
@@ -162,7 +162,7 @@ func (s *session) dropMessage() {
 	s.msg = nil
 	defer m.release()
 	if m.st.count() > 0 {
-		s.g.cfg.Observer.MessageBuffered(s.id, m.st.size(), m.st.spilled())
+		s.cfg.Observer.MessageBuffered(s.id, m.st.size(), m.st.spilled())
 	}
 }
 
@@ -176,7 +176,7 @@ func (s *session) commitMessage(r protocol.Request) {
 		s.dropMessage()
 	}
 	a := s.commit
-	if s.discard && s.g.cfg.Policy.Discard == DiscardReject {
+	if s.discard && s.cfg.Policy.Discard == DiscardReject {
 		a = answer{protocol.Reject, replyDiscard}
 	}
 	verdict := string(a.decision)
@@ -185,7 +185,7 @@ func (s *session) commitMessage(r protocol.Request) {
 	}
 	s.log.Info("message", zap.String("queue_id", s.macros.Get(milter.MacroQueueID)),
 		zap.String("verdict", verdict), zap.String("reply", a.reply))
-	s.g.cfg.Observer.MessageDone(s.id, s.macros.Get(milter.MacroQueueID), string(a.decision), a.reply, s.size)
+	s.cfg.Observer.MessageDone(s.id, s.macros.Get(milter.MacroQueueID), string(a.decision), a.reply, s.size)
 	s.send(r, a)
 }
 
@@ -238,7 +238,7 @@ func (s *session) filterMessage() {
 // policyFor applies the policy to what the filter protocol cannot carry:
 // envelope changes (smtpd fixed the envelope at RCPT) and quarantine.
 func (s *session) policyFor(sl *slot, mods []milter.Modification) {
-	pol := s.g.cfg.Policy
+	pol := s.cfg.Policy
 	for _, mod := range mods {
 		switch {
 		case mod.Envelope():
@@ -318,7 +318,7 @@ func (s *session) messageTo(sl *slot, m *milter.Session, repl *bodyStore) (milte
 		return v, err
 	})
 	if err == nil && len(mods) > 0 {
-		s.g.cfg.Observer.Modifications(s.id, sl.name(), mods)
+		s.cfg.Observer.Modifications(s.id, sl.name(), mods)
 	}
 	return v, mods, err
 }
@@ -331,9 +331,9 @@ func (s *session) observe(sl *slot, stage string, f func() (milter.Verdict, erro
 		return v, err // interrupted: not the milter's error
 	}
 	if err != nil {
-		s.g.cfg.Observer.MilterError(s.id, sl.name(), stage, err)
+		s.cfg.Observer.MilterError(s.id, sl.name(), stage, err)
 	} else {
-		s.g.cfg.Observer.MilterReply(s.id, sl.name(), stage, v, time.Since(start))
+		s.cfg.Observer.MilterReply(s.id, sl.name(), stage, v, time.Since(start))
 	}
 	return v, err
 }

@@ -46,7 +46,9 @@ type Config struct {
 // Gateway serves one smtpd: it reads smtpd's lines, runs a session per
 // SMTP session and writes the answers.
 type Gateway struct {
-	cfg Config
+	// cfg is the configuration new sessions take (Reload replaces it); a
+	// session keeps the one it started with to its end.
+	cfg atomic.Pointer[Config]
 	log *zap.Logger
 	out *writer
 
@@ -68,6 +70,28 @@ type Gateway struct {
 
 // New prepares a gateway.
 func New(cfg Config) *Gateway {
+	cfg = withDefaults(cfg)
+	g := &Gateway{log: cfg.Log, sessions: make(map[string]*session), idleTimeout: 300 * time.Second,
+		budget: newBudget(cfg.MemoryBudget)}
+	g.cfg.Store(&cfg)
+	return g
+}
+
+// Reload makes cfg the configuration of the SMTP sessions that start from
+// now on. Sessions in flight finish on the configuration they started
+// with, with its milter pools: a milter no longer configured loses its
+// connections as its last session ends. The memory budget is the
+// process's, and changes at once. cfg.Log is not used: the gateway keeps
+// the logger it was made with.
+func (g *Gateway) Reload(cfg Config) {
+	cfg.Log = g.log
+	cfg = withDefaults(cfg)
+	g.budget.max.Store(cfg.MemoryBudget)
+	g.cfg.Store(&cfg)
+}
+
+// withDefaults fills in what cfg leaves zero.
+func withDefaults(cfg Config) Config {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
@@ -92,9 +116,7 @@ func New(cfg Config) *Gateway {
 	if cfg.ShutdownTimeout == 0 {
 		cfg.ShutdownTimeout = 30 * time.Second
 	}
-	g := &Gateway{cfg: cfg, log: cfg.Log, sessions: make(map[string]*session), idleTimeout: 300 * time.Second,
-		budget: &budget{max: cfg.MemoryBudget}}
-	return g
+	return cfg
 }
 
 // ErrStdout reports that smtpd's end of the pipe is gone for writing.
@@ -156,7 +178,7 @@ func (g *Gateway) handshake(rd *protocol.Reader) error {
 		case "ready":
 			g.out.send(registration())
 			g.log.Info("registered with smtpd", zap.String("smtpd_version", g.smtpdVersion),
-				zap.Int("milters", len(g.cfg.Milters)))
+				zap.Int("milters", len(g.cfg.Load().Milters)))
 			return nil
 		}
 	}
@@ -172,7 +194,7 @@ func (g *Gateway) sessionFor(id string, last bool, now int64) *session {
 		s = g.newSession(id, now)
 		g.sessions[id] = s
 		g.live.Add(1)
-		g.cfg.Observer.SessionOpened(id)
+		s.cfg.Observer.SessionOpened(id)
 	}
 	if last {
 		delete(g.sessions, id)
@@ -225,9 +247,9 @@ func (g *Gateway) reap(now time.Time) {
 	}
 }
 
-func (g *Gateway) sessionGone(id string) {
+func (g *Gateway) sessionGone(s *session) {
 	g.live.Add(-1)
-	g.cfg.Observer.SessionClosed(id)
+	s.cfg.Observer.SessionClosed(s.id)
 }
 
 // Sessions is the number of sessions still running, for tests and metrics.
@@ -265,12 +287,12 @@ func (g *Gateway) stopSessions(reason endReason, err error) error {
 	go func() { g.wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(g.cfg.ShutdownTimeout):
+	case <-time.After(g.cfg.Load().ShutdownTimeout):
 		// Sessions that smtpd ended before (link-disconnect, reaping)
 		// were interrupted then; these are the ones still in a milter
 		// call. Their milter sockets are closed now, not left open.
 		g.log.Warn("sessions still busy at shutdown; interrupting them", zap.Int("sessions", g.Sessions()),
-			zap.Duration("shutdown_timeout", g.cfg.ShutdownTimeout))
+			zap.Duration("shutdown_timeout", g.cfg.Load().ShutdownTimeout))
 		for _, s := range ending {
 			s.interrupt()
 		}

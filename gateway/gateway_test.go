@@ -540,7 +540,7 @@ func TestShutdownIsBounded(t *testing.T) {
 		Helo: func() (*djmilter.Response, error) { close(held); <-release; return djmilter.RespContinue, nil },
 	})
 	p := startGateway(t, Tempfail, srv.Spec)
-	p.g.cfg.ShutdownTimeout = 200 * time.Millisecond
+	p.g.cfg.Load().ShutdownTimeout = 200 * time.Millisecond
 	p.handshake()
 	p.send(req("connect", "localhost|127.0.0.1"))
 	p.expect(result("proceed"))
@@ -653,8 +653,8 @@ func TestLargeMessageThroughASmallBuffer(t *testing.T) {
 		},
 	})
 	p := startGateway(t, Tempfail, srv.Spec)
-	p.g.cfg.BufferLimit = 1024
-	p.g.cfg.TempDir = t.TempDir()
+	p.g.cfg.Load().BufferLimit = 1024
+	p.g.cfg.Load().TempDir = t.TempDir()
 	rec := &recorder{}
 	p.observe(rec)
 	p.handshake()

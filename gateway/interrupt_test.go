@@ -180,7 +180,7 @@ func TestReapingLeavesASessionWaitingOnAMilter(t *testing.T) {
 func TestShutdownInterruptsAStuckMilter(t *testing.T) {
 	logs, _ := observer.New(zap.DebugLevel)
 	p, m := startStuck(t, logs)
-	p.g.cfg.ShutdownTimeout = 100 * time.Millisecond
+	p.g.cfg.Load().ShutdownTimeout = 100 * time.Millisecond
 	p.handshake()
 	p.toMail(m)
 	p.s.Abandon()

@@ -55,7 +55,7 @@ type writtenHdr struct {
 func (f *field) raw() bool { return f.first >= 0 }
 
 // newMessage keeps everything in memory (for tests).
-func newMessage() *message { return newMessageIn(newLineStore(1<<30, &budget{max: 1 << 62}, "")) }
+func newMessage() *message { return newMessageIn(newLineStore(1<<30, newBudget(1<<62), "")) }
 
 func newMessageIn(st *lineStore) *message { return &message{st: st} }
 

@@ -271,7 +271,7 @@ func TestApplyMatchesReferenceModel(t *testing.T) {
 		if round%2 == 0 {
 			m = msgOf(lines...)
 		} else {
-			m = newMessageIn(newLineStore(1<<20, &budget{max: 0}, t.TempDir()))
+			m = newMessageIn(newLineStore(1<<20, newBudget(0), t.TempDir()))
 			for _, l := range lines {
 				m.add(l)
 			}
@@ -364,7 +364,7 @@ func TestNULInReplacedBodyFailsTheMessage(t *testing.T) {
 // The store given to apply is the new body when the milter replaced it
 // (with old-style chunks appended), and is released when it did not.
 func TestApplyTakesTheReplacement(t *testing.T) {
-	b := &budget{max: 1 << 30}
+	b := newBudget(1 << 30)
 	m := newMessageIn(newLineStore(1<<20, b, t.TempDir()))
 	for _, l := range []string{"Subject: s", "", "old"} {
 		m.add(l)

@@ -59,15 +59,15 @@ func TestPolicy(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			srv := miltertest.Start(t, c.script)
 			p := startGateway(t, Tempfail, srv.Spec)
-			p.g.cfg.Policy = c.policy
+			p.g.cfg.Load().Policy = c.policy
 			if c.policy.Discard == "" {
-				p.g.cfg.Policy.Discard = DefaultPolicy.Discard
+				p.g.cfg.Load().Policy.Discard = DefaultPolicy.Discard
 			}
 			if c.policy.Quarantine == "" {
-				p.g.cfg.Policy.Quarantine = DefaultPolicy.Quarantine
+				p.g.cfg.Load().Policy.Quarantine = DefaultPolicy.Quarantine
 			}
 			if c.policy.Envelope == "" {
-				p.g.cfg.Policy.Envelope = DefaultPolicy.Envelope
+				p.g.cfg.Load().Policy.Envelope = DefaultPolicy.Envelope
 			}
 			p.handshake()
 			p.openSession("b@test.example")

@@ -33,7 +33,7 @@ func newDirectSession(t *testing.T, obs Observer) *directSession {
 	d := &directSession{t: t}
 	g := New(Config{Milters: []*milter.Pool{milter.NewPool(c, nil)}, DefaultAction: Tempfail, Log: zap.NewNop(), Observer: obs})
 	g.out = newWriter(&d.out)
-	d.s = &session{g: g, id: testSID, log: g.log, q: newQueue(), macros: milter.NewMacros(), commit: proceed}
+	d.s = &session{g: g, cfg: g.cfg.Load(), id: testSID, log: g.log, q: newQueue(), macros: milter.NewMacros(), commit: proceed}
 	t.Cleanup(d.s.finish)
 	return d
 }

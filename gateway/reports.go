@@ -39,12 +39,12 @@ func (s *session) linkConnect(e protocol.LinkConnect) {
 	}
 	s.macros.Set(milter.MacroClientName, name)
 	s.macros.Set(milter.MacroClientInfo, fmt.Sprintf("%s [%s]", name, s.client.Addr))
-	j := s.g.cfg.Hostname
+	j := s.cfg.Hostname
 	if j == "" {
 		j = s.g.admd
 	}
 	s.macros.Set(milter.MacroMTAName, j)
-	daemon := s.g.cfg.DaemonName
+	daemon := s.cfg.DaemonName
 	if daemon == "" {
 		daemon = j
 	}
@@ -55,7 +55,7 @@ func (s *session) linkConnect(e protocol.LinkConnect) {
 }
 
 func (s *session) linkGreeting(e protocol.LinkGreeting) {
-	if s.g.cfg.Hostname == "" {
+	if s.cfg.Hostname == "" {
 		s.macros.Set(milter.MacroMTAName, e.Hostname)
 	}
 }

@@ -25,6 +25,7 @@ import (
 // are in stages.go, the reports in reports.go, the message in data.go.
 type session struct {
 	g      *Gateway
+	cfg    *Config // the configuration when the session started (Gateway.Reload)
 	id     string
 	log    *zap.Logger
 	q      *queue
@@ -75,6 +76,7 @@ type session struct {
 func (g *Gateway) newSession(id string, now int64) *session {
 	s := &session{
 		g:      g,
+		cfg:    g.cfg.Load(),
 		id:     id,
 		log:    g.log.With(zap.String("session", id)),
 		q:      newQueue(),
@@ -92,7 +94,7 @@ func (g *Gateway) newSession(id string, now int64) *session {
 // when its queue is closed (reaped, smtpd gone, shutdown).
 func (s *session) run() {
 	defer s.g.wg.Done()
-	defer s.g.sessionGone(s.id)
+	defer s.g.sessionGone(s)
 	defer s.finish()
 	batch := make([]item, 0, blockItems)
 	for {
@@ -212,7 +214,7 @@ func (s *session) report(r protocol.Report) {
 // one; a message in progress is written back as it came.
 func (s *session) recoverFrom(l *protocol.Line) {
 	s.closeMilters()
-	failure := s.g.cfg.DefaultAction.failure()
+	failure := s.cfg.DefaultAction.failure()
 	if failure.decision != protocol.Proceed {
 		s.sticky = &failure
 	}

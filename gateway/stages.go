@@ -49,7 +49,7 @@ func (s *session) rcpt(r protocol.Request) answer {
 // message discarded before DATA is not shown to the milters.
 func (s *session) data(protocol.Request) answer {
 	s.dropMessage()
-	s.msg = newMessageIn(newLineStore(s.g.cfg.BufferLimit, s.g.budget, s.g.cfg.TempDir))
+	s.msg = newMessageIn(newLineStore(s.cfg.BufferLimit, s.g.budget, s.cfg.TempDir))
 	s.commit = proceed
 	s.size = 0
 	if s.discard {
@@ -155,9 +155,9 @@ func (s *session) openMilters() (answer, bool) {
 		return proceed, true
 	}
 	s.opened = true
-	s.milters = make([]*slot, len(s.g.cfg.Milters))
-	for i, p := range s.g.cfg.Milters {
-		sl := &slot{pool: p, action: s.g.cfg.DefaultAction}
+	s.milters = make([]*slot, len(s.cfg.Milters))
+	for i, p := range s.cfg.Milters {
+		sl := &slot{pool: p, action: s.cfg.DefaultAction}
 		if p.Config.DefaultAction != "" {
 			sl.action, _ = ParseAction(p.Config.DefaultAction)
 		}
@@ -167,7 +167,7 @@ func (s *session) openMilters() (answer, bool) {
 		}
 		m, err := p.Open(s.macros)
 		if err != nil {
-			s.g.cfg.Observer.MilterError(s.id, p.Name(), "open", err)
+			s.cfg.Observer.MilterError(s.id, p.Name(), "open", err)
 			if a, stop := s.milterFailed(sl, err); stop {
 				return a, false
 			}

@@ -13,7 +13,13 @@ import (
 // budget is the memory all sessions' message buffers may use together.
 type budget struct {
 	used atomic.Int64
-	max  int64
+	max  atomic.Int64 // -memory-budget; Reload may change it
+}
+
+func newBudget(max int64) *budget {
+	b := &budget{}
+	b.max.Store(max)
+	return b
 }
 
 // lineStore keeps a message's data lines: in memory up to the session's
@@ -75,7 +81,7 @@ const (
 // fits reports whether n more bytes may stay in memory for a store that
 // holds held bytes there, with limit its own share.
 func (b *budget) fits(held, n, limit int) bool {
-	return held+n <= limit && b.used.Load()+int64(n) <= b.max
+	return held+n <= limit && b.used.Load()+int64(n) <= b.max.Load()
 }
 
 // spillFile creates the temporary file a store spills to, and unlinks it

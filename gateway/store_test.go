@@ -24,7 +24,7 @@ func openFDs(t *testing.T) int {
 // comes back byte for byte; the file is gone once the message is released.
 func TestSpilledMessage(t *testing.T) {
 	dir := t.TempDir()
-	b := &budget{max: 1 << 30}
+	b := newBudget(1 << 30)
 	before := openFDs(t)
 	lines := append([]string{}, tricky...)
 	for i := 0; i < 2000; i++ {
@@ -72,7 +72,7 @@ func TestSpilledMessage(t *testing.T) {
 
 // The global budget makes a message spill even below its own limit.
 func TestBudgetSpills(t *testing.T) {
-	b := &budget{max: 100}
+	b := newBudget(100)
 	m := newMessageIn(newLineStore(1<<20, b, t.TempDir()))
 	for i := 0; i < 10; i++ {
 		m.add(strings.Repeat("x", 30))
@@ -84,7 +84,7 @@ func TestBudgetSpills(t *testing.T) {
 }
 
 func TestSpillFailureKeepsTheMessage(t *testing.T) {
-	b := &budget{max: 1 << 30}
+	b := newBudget(1 << 30)
 	m := newMessageIn(newLineStore(10, b, "/nonexistent/dir"))
 	lines := []string{"Subject: s", "", strings.Repeat("z", 100)}
 	for _, l := range lines {
@@ -103,7 +103,7 @@ func TestSpillFailureKeepsTheMessage(t *testing.T) {
 // With the budget used up by other sessions, even the header goes to the
 // file: it is still parsed, filtered and written back byte for byte.
 func TestSpilledFromTheFirstLine(t *testing.T) {
-	b := &budget{max: 0}
+	b := newBudget(0)
 	m := newMessageIn(newLineStore(1<<20, b, t.TempDir()))
 	lines := append([]string{}, tricky...)
 	lines = append(lines, strings.Repeat("q", 100000), "end")
@@ -132,7 +132,7 @@ func TestSpilledFromTheFirstLine(t *testing.T) {
 // Lines read back from the file in any order (forward, backward, far
 // jumps, lines longer than the read window) are the lines written.
 func TestSpilledLinesInAnyOrder(t *testing.T) {
-	st := newLineStore(1000, &budget{max: 1 << 30}, t.TempDir())
+	st := newLineStore(1000, newBudget(1<<30), t.TempDir())
 	defer st.release()
 	rng := rand.New(rand.NewPCG(3, 4))
 	var lines []string
@@ -179,7 +179,7 @@ func TestSpilledLinesInAnyOrder(t *testing.T) {
 // memory and file are freed with the message.
 func TestSpilledReplacementBody(t *testing.T) {
 	dir := t.TempDir()
-	b := &budget{max: 1 << 30}
+	b := newBudget(1 << 30)
 	before := openFDs(t)
 	m := newMessageIn(newLineStore(4096, b, dir))
 	for _, l := range []string{"Subject: s", "", "old"} {
@@ -241,7 +241,7 @@ func TestSpilledReplacementBody(t *testing.T) {
 
 // The global budget sends a new body to disk too.
 func TestReplacementBodyBudget(t *testing.T) {
-	b := &budget{max: 100}
+	b := newBudget(100)
 	m := newMessageIn(newLineStore(1<<20, b, t.TempDir()))
 	repl := m.newReplacement()
 	for range 10 {
@@ -265,7 +265,7 @@ func TestReplacementBodyBudget(t *testing.T) {
 // session has already released the store (as it does when End fails).
 func TestReplacementWriteErrorFailsTheMessage(t *testing.T) {
 	t.Run("no temporary file", func(t *testing.T) {
-		m := newMessageIn(newLineStore(10, &budget{max: 1 << 30}, "/nonexistent/dir"))
+		m := newMessageIn(newLineStore(10, newBudget(1<<30), "/nonexistent/dir"))
 		repl := m.newReplacement()
 		if _, err := repl.Write([]byte(strings.Repeat("z", 100))); err == nil {
 			t.Error("write past the limit without a temporary file succeeded")
@@ -282,7 +282,7 @@ func TestReplacementWriteErrorFailsTheMessage(t *testing.T) {
 			t.Fatalf("this test needs /dev/full: %v", err)
 		}
 		defer full.Close()
-		m := newMessageIn(newLineStore(10, &budget{max: 1 << 30}, t.TempDir()))
+		m := newMessageIn(newLineStore(10, newBudget(1<<30), t.TempDir()))
 		for _, l := range []string{"Subject: s", "", "old"} {
 			m.add(l)
 		}
@@ -306,7 +306,7 @@ func TestReplacementWriteErrorFailsTheMessage(t *testing.T) {
 // values for a milter, the body and emit each read the file once (reading
 // it from its start for every line made 3 MB of header never finish).
 func TestSpilledHeaderIsReadOncePerPass(t *testing.T) {
-	m := newMessageIn(newLineStore(1<<10, &budget{max: 1 << 30}, t.TempDir()))
+	m := newMessageIn(newLineStore(1<<10, newBudget(1<<30), t.TempDir()))
 	n := 0
 	for ; n < 100000; n++ {
 		m.add("X-H: abcdefghijklmnop")
