@@ -26,7 +26,11 @@ type Config struct {
 // Settings: default_action (tempfail, accept, reject), connect_timeout,
 // command_timeout, content_timeout, eom_timeout (Go durations, or seconds
 // as Postfix writes them), protocol (2 to 6), max_modifications (a count)
-// and max_modification_bytes (bytes, with K, M or G for KiB, MiB, GiB).
+// and max_modification_bytes (bytes, with K, M or G for KiB, MiB, GiB),
+// and the macro settings (macrolists.go): connect_macros, helo_macros,
+// mail_macros, rcpt_macros, data_macros, eoh_macros, eom_macros (names
+// separated by spaces; empty: none), macro_defaults (name=value pairs
+// separated by spaces) and macro_v.
 // base supplies the settings not given.
 func ParseConfig(s string, base Options) (Config, error) {
 	c := Config{Name: s, Options: base}
@@ -50,7 +54,7 @@ func ParseConfig(s string, base Options) (Config, error) {
 		}
 		k, v, ok := strings.Cut(kv, "=")
 		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
-		if !ok || v == "" {
+		if !ok || v == "" && !isMacroListSetting(k) {
 			return c, fmt.Errorf("milter %q: setting %q: want name=value", s, kv)
 		}
 		var err error
@@ -84,7 +88,10 @@ func ParseConfig(s string, base Options) (Config, error) {
 			}
 			c.Options.Version = uint32(n)
 		default:
-			err = fmt.Errorf("unknown setting (want default_action, connect_timeout, command_timeout, content_timeout, eom_timeout, protocol, max_modifications or max_modification_bytes)")
+			var known bool
+			if known, err = c.Options.setMacroSetting(k, v); !known {
+				err = fmt.Errorf("unknown setting (want default_action, connect_timeout, command_timeout, content_timeout, eom_timeout, protocol, max_modifications, max_modification_bytes, %s)", macroSettingNames)
+			}
 		}
 		if err != nil {
 			return c, fmt.Errorf("milter %q: %s=%s: %v", s, k, v, err)
