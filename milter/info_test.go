@@ -119,7 +119,7 @@ func TestNegotiateDecodesTheAnswer(t *testing.T) {
 	}
 	wantAll := []string{"connect:true:j {daemon_name}",
 		"helo:false:{tls_version} {cipher} {cipher_bits}",
-		"mail:false:i {auth_type} {auth_authen} {mail_addr} {mail_host}",
+		"mail:false:{auth_type} {auth_authen} {mail_addr} {mail_host}",
 		"rcpt:false:i {rcpt_addr} {rcpt_host}", "data:false:i", "eoh:false:i", "eom:true:i {auth_type}"}
 	if !reflect.DeepEqual(macrosSent, wantAll) {
 		t.Errorf("macros sent\n got %q\nwant %q", macrosSent, wantAll)

@@ -39,17 +39,18 @@ type MacroLists struct {
 // Postfix 3.x) without the macros OpenSMTPD cannot supply ({cert_subject},
 // {cert_issuer}, {auth_author}, {mail_mailer}, {rcpt_mailer}: smtpd's
 // reports carry no client certificate, no AUTH= parameter's author and
-// no mailer), plus, at connect, the client and interface macros
+// no mailer; nor i at MAIL, see below), plus, at connect, the client and interface macros
 // filter-milter has always sent there (Postfix makes them available to a
 // milter that asks; Sendmail sends {if_addr} by default).
 var DefaultMacroLists = MacroLists{
 	Connect: []string{MacroMTAName, MacroDaemonName, MacroDaemonAddr, MacroDaemonPort, MacroIfAddr,
 		MacroMTAVersion, MacroClientInfo, MacroClientAddr, MacroClientPort, MacroClientName, MacroClientPTR},
 	Helo: []string{MacroTLSVersion, MacroCipher, MacroCipherBits},
-	Mail: []string{MacroQueueID, MacroAuthType, MacroAuthAuthen, MacroMailAddr, MacroMailHost},
+	Mail: []string{MacroAuthType, MacroAuthAuthen, MacroMailAddr, MacroMailHost},
 	Rcpt: []string{MacroQueueID, MacroRcptAddr, MacroRcptHost},
-	// OpenSMTPD allocates the queue id at MAIL; Postfix sends it again
-	// at DATA, end of headers and end of message.
+	// OpenSMTPD reports the queue id (tx-begin) only after its MAIL
+	// filter request, so it is not in the MAIL list; Postfix sends it
+	// again at DATA, end of headers and end of message.
 	Data: []string{MacroQueueID},
 	EOH:  []string{MacroQueueID},
 	EOM:  []string{MacroQueueID},

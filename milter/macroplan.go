@@ -38,7 +38,7 @@ var sessionMacros = map[string]sessionMacro{
 	MacroTLSVersion: {stageHelo, "TLS"},
 	MacroCipher:     {stageHelo, "TLS"},
 	MacroCipherBits: {stageHelo, "TLS"},
-	MacroQueueID:    {stageMail, ""},
+	MacroQueueID:    {stageRcpt, ""}, // tx-begin comes after the MAIL filter request
 	MacroAuthType:   {stageMail, "AUTH"},
 	MacroAuthAuthen: {stageMail, "AUTH"},
 	MacroMailAddr:   {stageMail, ""},

@@ -32,9 +32,8 @@ func TestCheckPrintsTheMacrosSent(t *testing.T) {
              from macro_v: v="Test MTA 1.0"
              never sent (no value at this stage): {cert_subject} {rcpt_addr}
     helo     nothing (an empty list)
-   *mail     from smtpd: {i}
-             from macro_defaults: {mail_mailer}="smtp"
-             never sent (no value at this stage): {auth_author}
+   *mail     from macro_defaults: {mail_mailer}="smtp"
+             never sent (no value at this stage): {i} {auth_author}
     rcpt     from smtpd: i {rcpt_addr} {rcpt_host}
     data     from smtpd: i
     eoh      from smtpd: i
