@@ -14,24 +14,10 @@ import (
 // configuration file, and keys of a [[milter]] table (and -milter's
 // braces), which replace the top-level value for that milter.
 
-// macroListFlags are the flags of the lists and the list each sets.
-var macroListFlags = []struct {
-	flag, key, stage string
-	list             func(*milter.MacroLists) *[]string
-}{
-	{"connect-macros", "connect_macros", "at connect", func(l *milter.MacroLists) *[]string { return &l.Connect }},
-	{"helo-macros", "helo_macros", "at HELO/EHLO", func(l *milter.MacroLists) *[]string { return &l.Helo }},
-	{"mail-macros", "mail_macros", "at MAIL FROM", func(l *milter.MacroLists) *[]string { return &l.Mail }},
-	{"rcpt-macros", "rcpt_macros", "at each RCPT TO", func(l *milter.MacroLists) *[]string { return &l.Rcpt }},
-	{"data-macros", "data_macros", "at DATA", func(l *milter.MacroLists) *[]string { return &l.Data }},
-	{"eoh-macros", "eoh_macros", "at the end of the header", func(l *milter.MacroLists) *[]string { return &l.EOH }},
-	{"eom-macros", "eom_macros", "at the end of the message", func(l *milter.MacroLists) *[]string { return &l.EOM }},
-}
-
 // addMacroFlags registers the macro flags.
 func (s *Settings) addMacroFlags(fs *flag.FlagSet) {
-	for _, f := range macroListFlags {
-		fs.Var(macroListFlag{f.list(&s.Macros.Lists)}, f.flag, "the macros sent to milters "+f.stage+
+	for _, f := range milter.MacroListSettings {
+		fs.Var(macroListFlag{f.List(&s.Macros.Lists)}, strings.ReplaceAll(f.Key, "_", "-"), "the macros sent to milters "+f.Stage+
 			" (unless a milter asks for its own list), names separated by spaces or commas: {name}, or one letter; only those with a value are sent")
 	}
 	fs.Var(macroDefaultsFlag{&s.Macros.Defaults}, "macro-defaults", "values for macros a session has none for, as name=value pairs separated by spaces or commas (Postfix's milter_macro_defaults)")
@@ -73,7 +59,8 @@ func (f macroDefaultsFlag) Set(v string) error {
 }
 
 // fileMacros are the macro keys of the configuration file, at the top
-// level and in a [[milter]] table; a key not given is nil.
+// level and in a [[milter]] table; a key not given is nil. The lists are
+// in the order of milter.MacroListSettings.
 type fileMacros struct {
 	ConnectMacros *macroList     `toml:"connect_macros"`
 	HeloMacros    *macroList     `toml:"helo_macros"`
@@ -90,7 +77,7 @@ type fileMacros struct {
 func (f fileMacros) apply(c *milter.MacroConfig) {
 	for i, l := range []*macroList{f.ConnectMacros, f.HeloMacros, f.MailMacros, f.RcptMacros, f.DataMacros, f.EOHMacros, f.EOMMacros} {
 		if l != nil {
-			*macroListFlags[i].list(&c.Lists) = []string(*l)
+			*milter.MacroListSettings[i].List(&c.Lists) = []string(*l)
 		}
 	}
 	if f.MacroDefaults != nil {

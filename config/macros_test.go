@@ -92,3 +92,15 @@ func TestMacroSettingErrors(t *testing.T) {
 		t.Errorf("-rcpt-macros {a: no error")
 	}
 }
+
+// TestFileMacroKeysFollowTheTable: fileMacros' list fields are decoded
+// under the keys of milter.MacroListSettings, in its order (apply relies
+// on the order).
+func TestFileMacroKeysFollowTheTable(t *testing.T) {
+	ft := reflect.TypeOf(fileMacros{})
+	for i, s := range milter.MacroListSettings {
+		if tag := ft.Field(i).Tag.Get("toml"); tag != s.Key {
+			t.Errorf("fileMacros field %d is %q, want %q", i, tag, s.Key)
+		}
+	}
+}

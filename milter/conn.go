@@ -550,8 +550,9 @@ func (c *conn) Close() error {
 // completeSymlists reads the milter's negotiation answer (parseOptneg)
 // and hands go-milter, in its place, the same answer with a macro list
 // for every stage: the milter's own for the stages it named, the
-// configured one (Options.Macros) for the others. Postfix and Sendmail replace only the stages a milter
-// asks for; go-milter would leave every other stage without macros. What
+// configured one (Options.Macros) for the others. Postfix and Sendmail
+// replace only the stages a milter asks for; go-milter would leave every
+// other stage without macros. What
 // of the milter's lists is ignored is logged here, each as an escaped
 // field, so go-milter, which would write the milter's bytes into its own
 // warning through a process-wide hook, finds nothing to warn about.

@@ -28,11 +28,10 @@ import (
 const codeQuit = 'Q'
 
 // StageMacros is one macro list a milter asked for in negotiation
-// (SMFIF_SETSYMLIST), or one the gateway sends by default.
+// (SMFIF_SETSYMLIST); MacroPlan says what is sent at every stage.
 type StageMacros struct {
 	Stage  string   // connect, helo, mail, rcpt, data, eom, eoh
-	Macros []string // as the milter wrote them (split as go-milter does: splitAsked)
-	Asked  bool     // the milter's own list, not the gateway's default
+	Macros []string // as the milter wrote them, split as go-milter does (splitAsked)
 }
 
 // Negotiation is what one milter endpoint answered to the gateway's offer.

@@ -228,31 +228,37 @@ func (c *MacroConfig) resolved() *MacroConfig {
 	return &r
 }
 
-// macroListSettings are the settings of the lists, by name (the TOML
-// keys and the per-milter settings; Postfix's milter_<stage>_macros).
-var macroListSettings = map[string]func(*MacroLists) *[]string{
-	"connect_macros": func(l *MacroLists) *[]string { return &l.Connect },
-	"helo_macros":    func(l *MacroLists) *[]string { return &l.Helo },
-	"mail_macros":    func(l *MacroLists) *[]string { return &l.Mail },
-	"rcpt_macros":    func(l *MacroLists) *[]string { return &l.Rcpt },
-	"data_macros":    func(l *MacroLists) *[]string { return &l.Data },
-	"eoh_macros":     func(l *MacroLists) *[]string { return &l.EOH },
-	"eom_macros":     func(l *MacroLists) *[]string { return &l.EOM },
+// MacroListSettings are the settings of the lists, in stage order: the
+// key (of the configuration file and of a milter's settings; Postfix's
+// milter_<stage>_macros), the stage in words, and the list it sets. The
+// flags, the file's keys and ParseConfig all read this one table.
+var MacroListSettings = [...]struct {
+	Key, Stage string
+	List       func(*MacroLists) *[]string
+}{
+	{"connect_macros", "at connect", func(l *MacroLists) *[]string { return &l.Connect }},
+	{"helo_macros", "at HELO/EHLO", func(l *MacroLists) *[]string { return &l.Helo }},
+	{"mail_macros", "at MAIL FROM", func(l *MacroLists) *[]string { return &l.Mail }},
+	{"rcpt_macros", "at each RCPT TO", func(l *MacroLists) *[]string { return &l.Rcpt }},
+	{"data_macros", "at DATA", func(l *MacroLists) *[]string { return &l.Data }},
+	{"eoh_macros", "at the end of the header", func(l *MacroLists) *[]string { return &l.EOH }},
+	{"eom_macros", "at the end of the message", func(l *MacroLists) *[]string { return &l.EOM }},
 }
 
 const macroSettingNames = "connect_macros, helo_macros, mail_macros, rcpt_macros, data_macros, eoh_macros, eom_macros, macro_defaults or macro_v"
 
-func isMacroListSetting(k string) bool { _, ok := macroListSettings[k]; return ok }
-
-// MacroList returns the list of the setting named k (connect_macros ...
-// eom_macros) in l, for the configuration file's keys; nil for another
-// name.
-func (l *MacroLists) MacroList(k string) *[]string {
-	if f, ok := macroListSettings[k]; ok {
-		return f(l)
+// macroListSetting is the list of l that setting k sets; nil when k is
+// not a list setting.
+func macroListSetting(l *MacroLists, k string) *[]string {
+	for _, s := range MacroListSettings {
+		if s.Key == k {
+			return s.List(l)
+		}
 	}
 	return nil
 }
+
+func isMacroListSetting(k string) bool { return macroListSetting(&MacroLists{}, k) != nil }
 
 // setMacroSetting applies one per-milter macro setting to a copy of
 // o.Macros (which other milters may share); known is false for a
@@ -268,7 +274,7 @@ func (o *Options) setMacroSetting(k, v string) (known bool, err error) {
 		if err != nil {
 			return true, err
 		}
-		*mc.Lists.MacroList(k) = list
+		*macroListSetting(&mc.Lists, k) = list
 	case k == "macro_defaults":
 		defaults, err := ParseMacroDefaults(v)
 		if err != nil {
