@@ -4,7 +4,6 @@ package integration
 
 import (
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -139,6 +138,6 @@ func checkMacroRecords(t *testing.T, recs []harness.MacroRecord, want []stageMac
 		}
 	}
 	if t.Failed() {
-		fmt.Fprintf(os.Stderr, "macro records: %+v\n", recs)
+		t.Logf("the milter's records: %+v", recs)
 	}
 }

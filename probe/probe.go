@@ -2,8 +2,9 @@
 // every endpoint of every configured milter, negotiates as a session
 // would, and prints what each answered: protocol version, actions,
 // protocol flags (the stages it skips and those it does not answer), the
-// macros it asked for and the round-trip time, or why it could not be
-// used and a hint.
+// macros each stage will send it (its own lists or the configured ones,
+// by where each value comes from, and apart those never sent) and the
+// round-trip time, or why it could not be used and a hint.
 package probe
 
 import (
