@@ -356,7 +356,7 @@ func TestMiltersInBothNotations(t *testing.T) {
 			}
 			ms[i] = got
 		}
-		if !reflect.DeepEqual(ms[0][0].Endpoints, ms[1][0].Endpoints) || ms[0][0].Options != ms[1][0].Options ||
+		if !reflect.DeepEqual(ms[0][0].Endpoints, ms[1][0].Endpoints) || !reflect.DeepEqual(ms[0][0].Options, ms[1][0].Options) ||
 			ms[0][0].DefaultAction != ms[1][0].DefaultAction {
 			t.Errorf("%q and %q differ:\n%+v\n%+v", f[0], f[1], ms[0][0], ms[1][0])
 		}

@@ -42,6 +42,7 @@ type fileConfig struct {
 	BufferLimit          bufferSize    `toml:"buffer_limit"`
 	MemoryBudget         ByteSize      `toml:"memory_budget"`
 	TempDir              dirPath       `toml:"temp_dir"`
+	fileMacros                         // connect_macros ... macro_v
 }
 
 // fileMilter is one [[milter]] table: one socket, or a pool of sockets
@@ -58,6 +59,7 @@ type fileMilter struct {
 	Protocol             protoVersion `toml:"protocol"`
 	MaxModifications     modCount     `toml:"max_modifications"`
 	MaxModificationBytes ByteSize     `toml:"max_modification_bytes"`
+	fileMacros                        // connect_macros ... macro_v, for this milter
 }
 
 // loadConfig reads the configuration file into s, for every key the file
@@ -146,6 +148,7 @@ func loadConfig(path string, s *Settings) error {
 	if def("temp_dir") {
 		s.TempDir = string(fc.TempDir)
 	}
+	fc.fileMacros.apply(&s.Macros)
 	s.fileMilters, s.fileSpecs = nil, nil
 	if len(fc.Milters) > 0 && len(fc.Milter) > 0 {
 		return fmt.Errorf("%s:%s: give milters = [...] or [[milter]] tables, not both", path, loc.line(toml.Key{"milters"}))
@@ -179,6 +182,7 @@ func loadConfig(path string, s *Settings) error {
 		}
 		fm.connect, fm.command, fm.content = time.Duration(m.ConnectTimeout), time.Duration(m.CommandTimeout), time.Duration(m.ContentTimeout)
 		fm.eom, fm.maxMods, fm.maxModBytes = time.Duration(m.EOMTimeout), int(m.MaxModifications), int64(m.MaxModificationBytes)
+		fm.macros = m.fileMacros
 		s.fileMilters = append(s.fileMilters, fm)
 	}
 	return nil
@@ -198,6 +202,7 @@ type fileMilterConfig struct {
 	maxModBytes               int64         // 0: the global value
 	version                   uint32        // 0: 6
 	where                     string        // file:line, for errors
+	macros                    fileMacros    // nil keys: the global value
 }
 
 func (f fileMilterConfig) config(base milter.Options) milter.Config {
@@ -223,6 +228,7 @@ func (f fileMilterConfig) config(base milter.Options) milter.Config {
 	if f.maxModBytes > 0 {
 		c.Options.MaxModificationBytes = f.maxModBytes
 	}
+	c.Options.Macros = f.macros.forMilter(c.Options.Macros)
 	return c
 }
 

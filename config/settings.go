@@ -42,6 +42,8 @@ type Settings struct {
 	BufferLimit          ByteSize // one message's memory before it spills to a temporary file
 	MemoryBudget         ByteSize // the memory of all messages together
 	TempDir              string   // where spilled messages go ("": os.TempDir)
+	// Macros: the lists per stage, macro_defaults and macro_v (macros.go).
+	Macros milter.MacroConfig
 
 	fileMilters []fileMilterConfig // [[milter]] tables of the configuration file
 	fileSpecs   []string           // its milters = [...] list, in -milter notation
@@ -61,6 +63,7 @@ func Defaults() Settings {
 		LogLevel:             zapcore.InfoLevel,
 		BufferLimit:          1 << 20,
 		MemoryBudget:         64 << 20,
+		Macros:               milter.MacroConfig{Lists: milter.DefaultMacroLists},
 	}
 }
 
@@ -168,6 +171,7 @@ func (s *Settings) AddFlags(fs *flag.FlagSet) {
 	fs.Var(&s.BufferLimit, "buffer-limit", "how much of one message is kept in memory before the rest goes to an unlinked temporary file (K, M, G suffixes)")
 	fs.Var(&s.MemoryBudget, "memory-budget", "the memory all buffered messages may use together; beyond it messages go to temporary files")
 	fs.StringVar(&s.TempDir, "temp-dir", s.TempDir, "where messages over the memory limits are buffered; default: $TMPDIR or /tmp")
+	s.addMacroFlags(fs)
 	fs.StringVar(&s.MetricsListen, "metrics-listen", s.MetricsListen, "serve Prometheus metrics over HTTP on this address (host:port, e.g. 127.0.0.1:9465); empty: no metrics")
 }
 
@@ -192,6 +196,15 @@ var settingFlags = map[string]func(dst, src *Settings){
 	"buffer-limit":           func(d, s *Settings) { d.BufferLimit = s.BufferLimit },
 	"memory-budget":          func(d, s *Settings) { d.MemoryBudget = s.MemoryBudget },
 	"temp-dir":               func(d, s *Settings) { d.TempDir = s.TempDir },
+	"connect-macros":         func(d, s *Settings) { d.Macros.Lists.Connect = s.Macros.Lists.Connect },
+	"helo-macros":            func(d, s *Settings) { d.Macros.Lists.Helo = s.Macros.Lists.Helo },
+	"mail-macros":            func(d, s *Settings) { d.Macros.Lists.Mail = s.Macros.Lists.Mail },
+	"rcpt-macros":            func(d, s *Settings) { d.Macros.Lists.Rcpt = s.Macros.Lists.Rcpt },
+	"data-macros":            func(d, s *Settings) { d.Macros.Lists.Data = s.Macros.Lists.Data },
+	"eoh-macros":             func(d, s *Settings) { d.Macros.Lists.EOH = s.Macros.Lists.EOH },
+	"eom-macros":             func(d, s *Settings) { d.Macros.Lists.EOM = s.Macros.Lists.EOM },
+	"macro-defaults":         func(d, s *Settings) { d.Macros.Defaults = s.Macros.Defaults },
+	"macro-v":                func(d, s *Settings) { d.Macros.V = s.Macros.V },
 }
 
 // ApplyFile reads s.ConfigPath, when given, and takes from it every
@@ -222,6 +235,8 @@ func (s *Settings) options() milter.Options {
 	o := milter.DefaultOptions
 	o.ConnectTimeout, o.CommandTimeout, o.ContentTimeout = s.ConnectTimeout, s.CommandTimeout, s.ContentTimeout
 	o.EOMTimeout, o.MaxModifications, o.MaxModificationBytes = s.EOMTimeout, s.MaxModifications, int64(s.MaxModificationBytes)
+	macros := s.Macros
+	o.Macros = &macros
 	return o
 }
 

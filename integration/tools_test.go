@@ -51,7 +51,7 @@ func TestCheckCommand(t *testing.T) {
 		t.Logf("output:\n%s", r.Stdout)
 		wantExit(t, r, 0)
 		wantContains(t, r, "milter "+dkim.Spec+"\n", "version:        v6 (offered v6)", "actions:        ADDHDRS",
-			"HDR_LEADSPC", "negotiated in ", "connect: j {daemon_name}", "OK: 1 milter endpoint(s) negotiated")
+			"HDR_LEADSPC", "negotiated in ", "from smtpd: j {daemon_name}", "OK: 1 milter endpoint(s) negotiated")
 		// opendkim asks to skip HELO, DATA and UNKNOWN and answers every
 		// other stage (bookworm's 2.11.0~beta2).
 		wantContains(t, r, "stages skipped: helo data unknown", "no reply to:    none")

@@ -26,6 +26,10 @@ type Options struct {
 	// either is a protocol error: that milter's default action.
 	MaxModifications     int
 	MaxModificationBytes int64
+	// Macros are the macro lists per stage, macro_defaults and macro_v;
+	// nil, or a nil list, is DefaultMacroLists (for that stage). A
+	// pointer, so that Options stay comparable; shared, never changed.
+	Macros *MacroConfig
 }
 
 // DefaultOptions are Postfix's defaults.
@@ -51,6 +55,7 @@ type Client struct {
 	opts      Options
 	log       *zap.Logger
 	djOptions []djmilter.Option
+	symlists  [numMacroStages]string // the configured macro lists as the negotiation answer carries them
 }
 
 // NewClient prepares a client; nothing is dialled until Open. log gets
@@ -73,12 +78,13 @@ func NewClient(name string, spec Spec, opts Options, log *zap.Logger) *Client {
 	if log == nil {
 		log = zap.NewNop()
 	}
+	opts.Macros = opts.Macros.resolved()
 	offered := offer(opts.Version)
 	protocol := djmilter.OptProtocol(offered.Protocol)
 	if offered.Version >= 6 {
 		protocol = 0 // go-milter then offers every flag it knows for version 6: protoV6 (TestOfferIsWhatSessionsOffer)
 	}
-	return &Client{Name: name, Spec: spec, opts: opts, log: log.With(zap.String("milter", name)), djOptions: []djmilter.Option{
+	return &Client{Name: name, Spec: spec, opts: opts, log: log.With(zap.String("milter", name)), symlists: opts.Macros.Lists.wire(), djOptions: []djmilter.Option{
 		djmilter.WithMaximumVersion(offered.Version),
 		djmilter.WithProtocols(protocol),
 		djmilter.WithActions(djmilter.OptAction(offered.Actions)),
@@ -110,12 +116,9 @@ func (c *Client) Open(macros *Macros) (*Session, error) {
 // openOn negotiates on a connection that is already open.
 func (c *Client) openOn(nc net.Conn, macros *Macros) (*Session, error) {
 	mc := newConn(nc, c.opts.ConnectTimeout, c.opts.MaxPacket, c.log)
-	var m djmilter.Macros
-	if macros != nil {
-		m = macros
-	}
+	mc.symlists = &c.symlists
 	opts := append(c.djOptions[:len(c.djOptions):len(c.djOptions)], djmilter.WithDialer(connDialer{mc}))
-	dj, err := djmilter.NewClient(c.Spec.Network, c.Spec.Address, opts...).Session(m)
+	dj, err := djmilter.NewClient(c.Spec.Network, c.Spec.Address, opts...).Session(milterMacros{session: macros, cfg: c.opts.Macros})
 	if err != nil {
 		_ = mc.Close()
 		return nil, fmt.Errorf("milter %s: negotiate: %w", c.Name, err)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -37,7 +38,14 @@ type Config struct {
 // Settings: default_action (tempfail, accept, reject), connect_timeout,
 // command_timeout, content_timeout, eom_timeout (see ParseDuration),
 // protocol (2 to 6), max_modifications (a count) and
-// max_modification_bytes (bytes, with K, M or G for KiB, MiB, GiB).
+// max_modification_bytes (bytes, with K, M or G for KiB, MiB, GiB); and
+// the macro settings (macrolists.go): connect_macros, helo_macros,
+// mail_macros, rcpt_macros, data_macros, eoh_macros, eom_macros (macro
+// names separated by spaces, {client_addr} or client_addr; empty: none),
+// macro_defaults (name=value
+// pairs separated by spaces) and macro_v. Since items are separated by
+// spaces too, the words after a macro setting that are not a setting of
+// their own belong to its value (joinMacroValues).
 // base supplies the settings not given. Every error names the spec, and
 // the setting when one is wrong.
 func ParseConfig(s string, base Options) (Config, error) {
@@ -53,9 +61,9 @@ func ParseConfig(s string, base Options) (Config, error) {
 		}
 		c.Endpoints = append(c.Endpoints, spec)
 	}
-	for _, kv := range settings {
+	for _, kv := range joinMacroValues(settings) {
 		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" || v == "" {
+		if !ok || k == "" || v == "" && !isMacroListSetting(k) {
 			return c, fmt.Errorf("milter %q: setting %q: want name=value", s, kv)
 		}
 		if err := c.set(k, v); err != nil {
@@ -98,9 +106,41 @@ func (c *Config) set(k, v string) error {
 		}
 		c.Options.Version = uint32(n)
 	default:
-		err = fmt.Errorf("unknown setting (want default_action, connect_timeout, command_timeout, content_timeout, eom_timeout, protocol, max_modifications or max_modification_bytes)")
+		var known bool
+		if known, err = c.Options.setMacroSetting(k, v); !known {
+			err = fmt.Errorf("unknown setting (want %s, %s)", strings.Join(plainSettings, ", "), macroSettingNames)
+		}
 	}
 	return err
+}
+
+// plainSettings are the per-milter settings whose value is one word.
+var plainSettings = []string{"default_action", "connect_timeout", "command_timeout", "content_timeout",
+	"eom_timeout", "protocol", "max_modifications", "max_modification_bytes"}
+
+// joinMacroValues puts back together the values of macro settings that
+// items split on spaces: after connect_macros=j, the item client_addr (no
+// setting name of its own) is the list's next name; after
+// macro_defaults=a=1, the item b=2 (b is no setting) its next pair.
+func joinMacroValues(settings []string) []string {
+	var out []string
+	inMacro := false
+	for _, item := range settings {
+		k, _, _ := strings.Cut(item, "=")
+		isSetting := slices.Contains(plainSettings, k) || isMacroSetting(k)
+		if inMacro && !isSetting {
+			out[len(out)-1] += " " + item
+			continue
+		}
+		out = append(out, item)
+		inMacro = isMacroSetting(k)
+	}
+	return out
+}
+
+// isMacroSetting reports whether k is one of the macro settings.
+func isMacroSetting(k string) bool {
+	return isMacroListSetting(k) || k == "macro_defaults" || k == "macro_v"
 }
 
 // spacedEquals lets "name = value" stand for "name=value" in settings,
@@ -113,7 +153,7 @@ func splitConfig(s string) (endpoints, settings []string, err error) {
 	if inner, ok := strings.CutPrefix(s, "{"); ok {
 		// Postfix main.cf: { endpoint, name=value, ... }
 		inner, ok = strings.CutSuffix(inner, "}")
-		if !ok || strings.ContainsAny(inner, "{}") {
+		if !ok || !bracedNamesOnly(inner) {
 			return nil, nil, fmt.Errorf("want one '{', the endpoints and settings, then '}' at the end")
 		}
 		for _, item := range items(inner) {
@@ -136,7 +176,7 @@ func splitConfig(s string) (endpoints, settings []string, err error) {
 	if braces {
 		var ok bool
 		rest, ok = strings.CutSuffix(rest, "}")
-		if !ok || strings.ContainsAny(rest, "{}") {
+		if !ok || !bracedNamesOnly(rest) {
 			return nil, nil, fmt.Errorf("settings must be one {...} at the end")
 		}
 		settings = items(rest)
@@ -145,6 +185,28 @@ func splitConfig(s string) (endpoints, settings []string, err error) {
 		endpoints = append(endpoints, strings.TrimSpace(e))
 	}
 	return endpoints, settings, nil
+}
+
+// bracedNamesOnly reports whether the braces in s, the inside of a
+// milter's braces, are only those of macro names in macro settings
+// ({client_addr}): each '{' closed by a '}' before any other brace.
+func bracedNamesOnly(s string) bool {
+	open := false
+	for _, r := range s {
+		switch r {
+		case '{':
+			if open {
+				return false
+			}
+			open = true
+		case '}':
+			if !open {
+				return false
+			}
+			open = false
+		}
+	}
+	return !open
 }
 
 // items splits a list on commas and spaces.

@@ -138,3 +138,29 @@ func TestParseDuration(t *testing.T) {
 		}
 	}
 }
+
+// Macro settings, whose values hold spaces and braced names, read the
+// same in main.cf's braces as in the endpoint-then-braces notation.
+func TestMacroSettingsInBothNotations(t *testing.T) {
+	a, err := ParseConfig("{ inet:127.0.0.1:1, connect_macros=j {client_addr}, macro_defaults={auth_type}=none i=x, macro_v=Test MTA 2, default_action=accept }", DefaultOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ParseConfig("inet:127.0.0.1:1{connect_macros=j {client_addr}, macro_defaults={auth_type}=none i=x, macro_v=Test MTA 2, default_action=accept}", DefaultOptions)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(a.Options, b.Options) || a.DefaultAction != b.DefaultAction {
+		t.Errorf("the notations differ:\n%+v\n%+v", a, b)
+	}
+	m := a.Options.Macros
+	if m == nil || !reflect.DeepEqual(m.Lists.Connect, []string{"j", "{client_addr}"}) || m.V != "Test MTA 2" ||
+		m.Defaults["{auth_type}"] != "none" || m.Defaults["i"] != "x" || a.DefaultAction != "accept" {
+		t.Errorf("macro settings read as %+v, default action %q", m, a.DefaultAction)
+	}
+	for _, bad := range []string{"{ inet:127.0.0.1:1, connect_macros=j {{client_addr}} }", "inet:127.0.0.1:1{connect_macros=j {client_addr}"} {
+		if _, err := ParseConfig(bad, DefaultOptions); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}

@@ -98,6 +98,7 @@ type conn struct {
 	// negotiating is set until the negotiation answer has been read (see
 	// completeSymlists).
 	negotiating bool
+	symlists    *[numMacroStages]string // the configured macro lists (Options.Macros)
 
 	log *zap.Logger // the problems conn corrects in what the milter sent
 }
@@ -548,9 +549,10 @@ func (c *conn) Close() error {
 
 // completeSymlists reads the milter's negotiation answer (parseOptneg)
 // and hands go-milter, in its place, the same answer with a macro list
-// for every stage: the milter's own for the stages it named, the default
-// for the others. Postfix and Sendmail replace only the stages a milter
-// asks for; go-milter would leave every other stage without macros. What
+// for every stage: the milter's own for the stages it named, the
+// configured one (Options.Macros) for the others. Postfix and Sendmail
+// replace only the stages a milter asks for; go-milter would leave every
+// other stage without macros. What
 // of the milter's lists is ignored is logged here, each as an escaped
 // field, so go-milter, which would write the milter's bytes into its own
 // warning through a process-wide hook, finds nothing to warn about.
@@ -582,7 +584,7 @@ func (c *conn) completeSymlists() error {
 	for _, p := range answer.problems() {
 		c.log.Warn("milter negotiation", zap.String("problem", p))
 	}
-	lists, _ := answer.perStage()
+	lists := answer.perStage(c.symlists)
 	c.fake = append(c.fake, answer.encode(lists)...)
 	return nil
 }

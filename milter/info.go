@@ -28,11 +28,10 @@ import (
 const codeQuit = 'Q'
 
 // StageMacros is one macro list a milter asked for in negotiation
-// (SMFIF_SETSYMLIST), or one the gateway sends by default.
+// (SMFIF_SETSYMLIST); MacroPlan says what is sent at every stage.
 type StageMacros struct {
 	Stage  string   // connect, helo, mail, rcpt, data, eom, eoh
-	Macros []string // as the milter wrote them
-	Asked  bool     // the milter's own list, not the gateway's default
+	Macros []string // as the milter wrote them, split as go-milter does (splitAsked)
 }
 
 // Negotiation is what one milter endpoint answered to the gateway's offer.
@@ -43,6 +42,7 @@ type Negotiation struct {
 	Requested []StageMacros // the milter's own macro lists, in the order it sent them; nil: none
 	Dial      time.Duration // connecting
 	RoundTrip time.Duration // OPTNEG out to the milter's OPTNEG in
+	macros    *MacroConfig  // the client's, for MacroPlan
 }
 
 // Offer is what the client offers in negotiation: the same numbers
@@ -72,7 +72,7 @@ const (
 // sends QUIT and closes. It reports what the milter answered and how long
 // it took, or a *NegotiationError.
 func (c *Client) Negotiate() (*Negotiation, error) {
-	n := &Negotiation{Endpoint: c.Spec.String(), Offered: c.Offer()}
+	n := &Negotiation{Endpoint: c.Spec.String(), Offered: c.Offer(), macros: c.opts.Macros}
 	start := time.Now()
 	nc, err := (&net.Dialer{Timeout: c.opts.ConnectTimeout}).Dial(c.Spec.Network, c.Spec.Address)
 	if err != nil {
@@ -171,7 +171,7 @@ func (n *Negotiation) parseReply(data []byte) error {
 	}
 	n.Reply = a.Masks
 	for _, l := range a.lists {
-		n.Requested = append(n.Requested, StageMacros{Stage: l.stage.String(), Macros: strings.Fields(l.names)})
+		n.Requested = append(n.Requested, StageMacros{Stage: l.stage.String(), Macros: splitAsked(l.names)})
 	}
 	if a.malformed != nil {
 		return &NegotiationError{Kind: KindProtocol, Err: fmt.Errorf("a macro list is not NUL-terminated: %s", quoteSome(a.malformed))}
@@ -194,34 +194,6 @@ func (n *Negotiation) compatible() error {
 			strings.Join(ProtocolNames((r.Protocol&^protoInternal)&^o.Protocol), " "))}
 	}
 	return nil
-}
-
-// Macros are the lists the gateway sends this milter at each stage: the
-// milter's own for the stages it named, the gateway's defaults for the
-// others (Postfix's and Sendmail's rule; see conn.completeSymlists).
-func (n *Negotiation) Macros() []StageMacros {
-	asked := map[string][]string{}
-	for _, r := range n.Requested {
-		asked[r.Stage] = r.Macros // a later list for the same stage wins, as in go-milter
-	}
-	var out []StageMacros
-	for _, d := range DefaultMacros() {
-		if m, ok := asked[d.Stage]; ok {
-			d = StageMacros{Stage: d.Stage, Macros: m, Asked: true}
-		}
-		out = append(out, d)
-	}
-	return out
-}
-
-// DefaultMacros are the macro lists the gateway sends unless a milter asks
-// for its own.
-func DefaultMacros() []StageMacros {
-	var out []StageMacros
-	for _, s := range []macroStage{stageConnect, stageHelo, stageMail, stageRcpt, stageData, stageEOH, stageEOM} {
-		out = append(out, StageMacros{Stage: s.String(), Macros: defaultMacroLists[s]})
-	}
-	return out
 }
 
 type flagName struct {

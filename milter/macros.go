@@ -39,21 +39,6 @@ const (
 	MacroRcptMailer  = "{rcpt_mailer}"
 )
 
-// The macros sent before each stage: Postfix's default lists, plus the
-// client and interface macros Postfix makes available "always" and Sendmail
-// sends at connect, and the queue id again at DATA, EOH and end of message
-// because OpenSMTPD only allocates it after MAIL. A macro with no value is
-// not sent (Postfix does the same; rspamd aborts on a name without value).
-// A milter that asks for its own lists in negotiation gets those instead.
-var (
-	connectMacros = []string{MacroMTAName, MacroDaemonName, MacroDaemonAddr, MacroDaemonPort, MacroIfAddr,
-		MacroMTAVersion, MacroClientInfo, MacroClientAddr, MacroClientPort, MacroClientName, MacroClientPTR}
-	heloMacros    = []string{MacroTLSVersion, MacroCipher, MacroCipherBits, MacroCertSubject, MacroCertIssuer}
-	mailMacros    = []string{MacroQueueID, MacroAuthType, MacroAuthAuthen, MacroAuthAuthor, MacroAuthSSF, MacroMailAddr, MacroMailHost, MacroMailMailer}
-	rcptMacros    = []string{MacroQueueID, MacroRcptAddr, MacroRcptHost, MacroRcptMailer}
-	queueIDMacros = []string{MacroQueueID}
-)
-
 // Macros holds one SMTP session's macro values; every milter session of
 // that SMTP session reads them when it sends a stage. It is safe for
 // concurrent use. It implements go-milter's Macros.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"strings"
 
 	djmilter "github.com/d--j/go-milter"
 )
@@ -130,21 +129,12 @@ func (s macroStage) String() string {
 	return fmt.Sprintf("stage%d", uint32(s))
 }
 
-// defaultMacroLists are the lists the gateway sends at each stage unless
-// the milter asks for its own (macros.go says why these).
-var defaultMacroLists = [numMacroStages][]string{
-	stageConnect: connectMacros, stageHelo: heloMacros, stageMail: mailMacros, stageRcpt: rcptMacros,
-	stageData: queueIDMacros, stageEOM: queueIDMacros, stageEOH: queueIDMacros,
-}
+// stageOrder is the order stages come in a session (the SMFIM_*
+// numbers put end of message before end of headers).
+var stageOrder = [numMacroStages]int{stageConnect: 0, stageHelo: 1, stageMail: 2, stageRcpt: 3, stageData: 4, stageEOH: 5, stageEOM: 6}
 
-// defaultMacroWire is defaultMacroLists as the answer writes them, made
-// once: every session open uses it.
-var defaultMacroWire = func() (w [numMacroStages]string) {
-	for s, names := range defaultMacroLists {
-		w[s] = strings.Join(names, " ")
-	}
-	return w
-}()
+// stagesInOrder are the stages in the order they come.
+var stagesInOrder = [numMacroStages]macroStage{stageConnect, stageHelo, stageMail, stageRcpt, stageData, stageEOH, stageEOM}
 
 // macroList is one macro list of the negotiation answer.
 type macroList struct {
@@ -193,16 +183,20 @@ func parseOptneg(data []byte) (optnegAnswer, error) {
 
 // perStage is the list the gateway sends at each stage: the milter's own
 // for the stages it named (the last one when it named a stage twice, as
-// go-milter keeps), the default for the others; Postfix and Sendmail
-// replace only the stages a milter asks for. asked tells which is which.
-func (a optnegAnswer) perStage() (lists [numMacroStages]string, asked [numMacroStages]bool) {
-	lists = defaultMacroWire
+// go-milter keeps), the configured one (nil: DefaultMacroLists) for the
+// others; Postfix and Sendmail replace only the stages a milter asks for.
+func (a optnegAnswer) perStage(configured *[numMacroStages]string) (lists [numMacroStages]string) {
+	if configured == nil {
+		lists = DefaultMacroLists.wire()
+	} else {
+		lists = *configured
+	}
 	for _, l := range a.lists {
 		if l.stage < numMacroStages {
-			lists[l.stage], asked[l.stage] = l.names, true
+			lists[l.stage] = l.names
 		}
 	}
-	return lists, asked
+	return lists
 }
 
 // problems lists what in the answer's macro lists the gateway ignores,

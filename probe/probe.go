@@ -2,8 +2,9 @@
 // every endpoint of every configured milter, negotiates as a session
 // would, and prints what each answered: protocol version, actions,
 // protocol flags (the stages it skips and those it does not answer), the
-// macros it asked for and the round-trip time, or why it could not be
-// used and a hint.
+// macros each stage will send it (its own lists or the configured ones,
+// by where each value comes from, and apart those never sent) and the
+// round-trip time, or why it could not be used and a hint.
 package probe
 
 import (
@@ -121,18 +122,67 @@ func printNegotiation(w io.Writer, n *milter.Negotiation) {
 	fmt.Fprintf(w, "  protocol flags: %s (0x%06x)\n", orNone(milter.ProtocolNames(r.Protocol)), r.Protocol)
 	fmt.Fprintf(w, "  stages skipped: %s\n", orNone(n.SkippedStages()))
 	fmt.Fprintf(w, "  no reply to:    %s\n", orNone(n.NoReplyStages()))
-	if len(n.Requested) > 0 {
-		fmt.Fprintf(w, "  macros:         its own lists where it asked (*), filter-milter's defaults elsewhere:\n")
-	} else {
-		fmt.Fprintf(w, "  macros:         none asked for; filter-milter sends its defaults:\n")
-	}
-	for _, sm := range n.Macros() {
+	printMacros(w, n)
+}
+
+// printMacros prints, per stage, exactly the macros the milter will be
+// sent (n.MacroPlan), by where their value comes from, and apart the
+// ones of the list that are never sent because nothing gives them a
+// value at that stage.
+func printMacros(w io.Writer, n *milter.Negotiation) {
+	fmt.Fprintf(w, "  macros:         sent at each stage (* the milter's own list, else the configured one; [X]: only in sessions with X):\n")
+	for _, p := range n.MacroPlan() {
 		mark := " "
-		if sm.Asked {
+		if p.Asked {
 			mark = "*"
 		}
-		fmt.Fprintf(w, "   %s%-8s %s\n", mark, sm.Stage+":", orNone(sm.Macros))
+		var bySource [milter.NeverSent + 1][]string
+		for _, m := range p.Macros {
+			bySource[m.Source] = append(bySource[m.Source], macroText(m))
+		}
+		var lines []string
+		switch {
+		case p.NoStage != "":
+			lines = append(lines, "nothing: "+p.NoStage)
+		case len(p.Macros) == 0:
+			lines = append(lines, "nothing (an empty list)")
+		default:
+			for src, label := range sourceLabels {
+				if len(bySource[src]) > 0 {
+					lines = append(lines, label+strings.Join(bySource[src], " "))
+				}
+			}
+		}
+		for i, l := range lines {
+			stage := ""
+			if i == 0 {
+				stage = mark + p.Stage
+			}
+			fmt.Fprintf(w, "   %-9s %s\n", stage, l)
+		}
 	}
+	if unused := n.UnusedMacroDefaults(); len(unused) > 0 {
+		fmt.Fprintf(w, "  macro_defaults: in no stage's list, never sent: %s\n", strings.Join(unused, " "))
+	}
+}
+
+var sourceLabels = [...]string{
+	milter.FromSMTPD:    "from smtpd: ",
+	milter.FromMacroV:   "from macro_v: ",
+	milter.FromDefaults: "from macro_defaults: ",
+	milter.NeverSent:    "never sent (no value at this stage): ",
+}
+
+func macroText(m milter.PlannedMacro) string {
+	switch {
+	case m.Source == milter.FromSMTPD && m.When != "" && m.Value != "":
+		return fmt.Sprintf("%s[%s, else %q]", m.Name, m.When, m.Value)
+	case m.Source == milter.FromSMTPD && m.When != "":
+		return fmt.Sprintf("%s[%s]", m.Name, m.When)
+	case m.Source == milter.FromMacroV, m.Source == milter.FromDefaults:
+		return fmt.Sprintf("%s=%q", m.Name, m.Value)
+	}
+	return m.Name
 }
 
 func orNone(s []string) string {

@@ -49,7 +49,7 @@ func TestCheckCommand(t *testing.T) {
 	for _, want := range []string{
 		"milter " + srv.Spec, "version:        v6 (offered v6)", "actions:        ADDHDRS CHGHDRS (0x011)",
 		"protocol flags: NOHELO NR_BODY HDR_LEADSPC", "stages skipped: helo", "no reply to:    body",
-		"connect: j {daemon_name}", "OK: 1 milter endpoint(s) negotiated",
+		"connect  from smtpd: j {daemon_name}", "OK: 1 milter endpoint(s) negotiated",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("check output lacks %q:\n%s", want, out)
