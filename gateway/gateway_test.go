@@ -691,7 +691,7 @@ func TestLargeMessageThroughASmallBuffer(t *testing.T) {
 	}
 }
 
-func TestEchoEarlyWhenNoMilterCanChange(t *testing.T) {
+func TestEchoAndKeepWhenNoMilterCanChange(t *testing.T) {
 	// A milter that may only accept or reject: the lines go back at once,
 	// before the end of the message; only "." waits for its verdict.
 	srv := miltertest.Start(t, miltertest.Script{
@@ -755,10 +755,10 @@ func TestBrokenStdoutStopsRun(t *testing.T) {
 }
 
 // A long message that no milter can change, sent as smtpd sends under load
-// (many lines per read): the reader writes the lines back as they come and
-// the session keeps them for the milter; every line comes back once, in
-// order, before ".", and the milter sees the whole body.
-func TestReaderEchoLongMessage(t *testing.T) {
+// (many lines per read): the session writes the lines back as they come
+// and keeps them for the milter (modeEchoAndKeep); every line comes back
+// once, in order, before ".", and the milter sees the whole body.
+func TestEchoAndKeepLongMessage(t *testing.T) {
 	srv := miltertest.Start(t, miltertest.Script{}, djmilter.WithActions(0))
 	p := startGateway(t, Tempfail, srv.Spec)
 	p.handshake()
