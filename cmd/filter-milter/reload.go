@@ -77,7 +77,10 @@ func (r *reloader) reload() {
 	// The line goes out at the old level, the new one applies after it:
 	// a postmaster who turns the level to warn sees the reload that did.
 	defer r.level.SetLevel(s.LogLevel)
-	fields := []zap.Field{zap.String("file", s.ConfigPath)}
+	var fields []zap.Field
+	if s.ConfigPath != "" {
+		fields = append(fields, zap.String("file", s.ConfigPath))
+	}
 	if mc.None() && len(changed) == 0 && len(restart) == 0 {
 		r.log.Info("configuration reloaded: nothing changed", fields...)
 		return
