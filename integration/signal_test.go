@@ -99,7 +99,8 @@ func TestSignals(t *testing.T) {
 		sig  syscall.Signal
 		log  string // what the filter logs for it; "" for none
 	}{
-		{"SIGHUP", syscall.SIGHUP, `SIGHUP received: reloading the configuration is not supported yet; ignored, going on {"signal": "SIGHUP"}`},
+		// SIGHUP reloads (TestReload); with no -config file nothing changes.
+		{"SIGHUP", syscall.SIGHUP, `configuration reloaded: nothing changed`},
 		{"SIGUSR1", syscall.SIGUSR1, ignored + ` {"signal": "SIGUSR1"}`},
 		{"SIGUSR2", syscall.SIGUSR2, ignored + ` {"signal": "SIGUSR2"}`},
 		{"SIGQUIT", syscall.SIGQUIT, ignored + ` {"signal": "SIGQUIT"}`},

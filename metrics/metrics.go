@@ -14,6 +14,7 @@
 //	milter_errors_total{milter,kind}    counter  milters that failed: timeout, refused, protocol, other
 //	milter_modifications_total{milter,kind}      counter  changes the milters asked for at end of message
 //	endpoint_up{milter,endpoint}        gauge    1 while a milter endpoint is up, 0 once it failed (see Watch)
+//	config_reloads_total{result}        counter  reloads on SIGHUP: ok, failed (see ConfigReloaded)
 //
 // Stages are the gateway's: connect, helo or ehlo, mail, rcpt, data,
 // header, eoh, body, eom. header counts the header stage once per message,
@@ -59,6 +60,8 @@ type Observer struct {
 	spilledMsgs   prometheus.Counter
 
 	roles roles // the milters /healthz reports on (Watch)
+
+	reloads *prometheus.CounterVec // config_reloads_total{result} (reload.go)
 }
 
 var _ gateway.Observer = (*Observer)(nil)
@@ -104,6 +107,7 @@ func New() *Observer {
 		Namespace: namespace, Name: "messages_spilled_total", Help: "Messages that went past the memory limits to a temporary file.",
 	})
 	o.reg.MustRegister(o.buffered, o.spilled, o.spilledMsgs, &o.roles)
+	o.reloads = newReloads(o.reg)
 	o.reg.MustRegister(o.sessionsOpen, o.sessionsTotal, o.messages, o.messageBytes, o.replies, o.latency, o.errors, o.modifications,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return o

@@ -222,29 +222,34 @@ func runFilter(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		errorf(stderr, "%v", err)
 		return exitUsage
 	}
-	log := newLogger(s.LogLevel)
+	level := zap.NewAtomicLevelAt(s.LogLevel)
+	log := newLogger(level, stderr)
 	defer func() { _ = log.Sync() }()
 	cfg := s.GatewayConfig(milters, log)
+	var obs *metrics.Observer
 	if s.MetricsListen != "" {
-		obs := metrics.New()
+		obs = metrics.New()
 		obs.Watch(cfg.Milters)
 		cfg.Observer = obs
 		srv := obs.Serve(s.MetricsListen, log)
 		defer func() { _ = srv.Close() }()
 	}
 
-	// SIGTERM and SIGINT end the filter as smtpd closing the pipe does:
-	// sessions in flight get ShutdownTimeout to finish. (smtpd itself shuts
-	// down when its filter exits, so only a stopping smtpd should send
-	// them.) Every other common signal is logged and ignored, SIGPIPE
-	// included: a write to a closed stdout must be an error we can log,
-	// not a signal that kills the process silently.
-	term, stopWatching := watchSignals(log)
-	defer stopWatching()
-
 	setMemoryLimit(cfg.MemoryBudget)
 
 	g := gateway.New(cfg)
+	r := &reloader{args: args, log: log, level: level, g: g, obs: obs, running: s, pools: cfg.Milters}
+
+	// SIGTERM and SIGINT end the filter as smtpd closing the pipe does:
+	// sessions in flight get ShutdownTimeout to finish. (smtpd itself shuts
+	// down when its filter exits, so only a stopping smtpd should send
+	// them.) SIGHUP reloads the configuration (reload.go). Every other
+	// common signal is logged and ignored, SIGPIPE included: a write to a
+	// closed stdout must be an error we can log, not a signal that kills
+	// the process silently.
+	term, stopWatching := watchSignals(log, r.reload)
+	defer stopWatching()
+
 	ran := make(chan error, 1)
 	go func() { ran <- g.Run(stdin, stdout) }()
 	select {
@@ -278,12 +283,13 @@ func setMemoryLimit(budget int64) {
 }
 
 // newLogger logs to stderr, one line per entry, without colour: smtpd
-// copies each line into its log prefixed with the filter's name.
-func newLogger(level zapcore.Level) *zap.Logger {
+// copies each line into its log prefixed with the filter's name. level
+// may change while it runs (a reload).
+func newLogger(level zapcore.LevelEnabler, stderr io.Writer) *zap.Logger {
 	enc := zap.NewProductionEncoderConfig()
 	enc.TimeKey = "" // smtpd and syslog stamp the time
 	enc.EncodeLevel = zapcore.LowercaseLevelEncoder
 	enc.ConsoleSeparator = " "
-	core := zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.Lock(os.Stderr), level)
+	core := zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.Lock(zapcore.AddSync(stderr)), level)
 	return zap.New(core)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -12,7 +13,8 @@ import (
 // shuts down with it. So no signal that an administrator, a log rotation
 // script or a terminal commonly sends may end or stop filter-milter, except
 // the two that mean "stop": SIGTERM and SIGINT, which end it as smtpd
-// closing the pipe does (see runFilter).
+// closing the pipe does (see runFilter), and SIGHUP, which reloads the
+// configuration (reload.go), as milter-manager and most daemons do.
 //
 // Left alone, the Go runtime exits on SIGHUP, exits with a goroutine dump
 // on SIGQUIT, and lets SIGTSTP, SIGTTIN and SIGTTOU stop the process (which
@@ -24,11 +26,12 @@ import (
 // SIGPROF is not listed: the runtime handles it itself (CPU profiling) and
 // drops it when no profile runs, without telling os/signal.
 var (
-	stopSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT}
+	stopSignals   = []os.Signal{syscall.SIGTERM, syscall.SIGINT}
+	reloadSignals = []os.Signal{syscall.SIGHUP}
 	// ignoredSignals, by the name the postmaster knows them by (Go's
 	// String is "hangup", "stopped"...).
 	ignoredSignals = map[syscall.Signal]string{
-		syscall.SIGHUP: "SIGHUP", syscall.SIGQUIT: "SIGQUIT", syscall.SIGUSR1: "SIGUSR1", syscall.SIGUSR2: "SIGUSR2",
+		syscall.SIGQUIT: "SIGQUIT", syscall.SIGUSR1: "SIGUSR1", syscall.SIGUSR2: "SIGUSR2",
 		syscall.SIGALRM: "SIGALRM", syscall.SIGVTALRM: "SIGVTALRM", syscall.SIGTSTP: "SIGTSTP", syscall.SIGTTIN: "SIGTTIN",
 		syscall.SIGTTOU: "SIGTTOU", syscall.SIGWINCH: "SIGWINCH", syscall.SIGXCPU: "SIGXCPU", syscall.SIGXFSZ: "SIGXFSZ",
 		syscall.SIGPIPE: "SIGPIPE",
@@ -36,38 +39,49 @@ var (
 )
 
 // watchSignals takes over the signals above. The stop signals come out
-// of the returned channel; the others are logged and ignored until
-// stop is called.
-func watchSignals(log *zap.Logger) (stopping <-chan os.Signal, stop func()) {
+// of the returned channel; SIGHUP calls reload; the others are logged and
+// ignored, until stop is called. Reloads run one after the other, on
+// their own goroutine: a burst of SIGHUPs while one runs makes one more.
+func watchSignals(log *zap.Logger, reload func()) (stopping <-chan os.Signal, stop func()) {
 	term := make(chan os.Signal, 1)
 	signal.Notify(term, stopSignals...)
+	// One pending SIGHUP is enough: the reload after it reads the file
+	// as it is then.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, reloadSignals...)
 	// os/signal drops a signal when the channel is full: room for a
 	// burst of every kind (a script that sends several at once).
 	other := make(chan os.Signal, 4*len(ignoredSignals))
 	for sig := range ignoredSignals {
 		signal.Notify(other, sig)
 	}
-	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
 	go func() {
-		defer close(done)
+		defer wg.Done()
 		for sig := range other {
 			logIgnoredSignal(log, sig)
 		}
 	}()
+	go func() {
+		defer wg.Done()
+		for range hup {
+			reload()
+		}
+	}()
 	return term, func() {
 		signal.Stop(term)
-		signal.Stop(other) // no more sends once Stop returns
+		signal.Stop(hup) // no more sends once Stop returns
+		signal.Stop(other)
+		close(hup)
 		close(other)
-		<-done
+		wg.Wait()
 	}
 }
 
 func logIgnoredSignal(log *zap.Logger, sig os.Signal) {
 	name := ignoredSignals[sig.(syscall.Signal)]
 	switch sig {
-	case syscall.SIGHUP:
-		log.Warn("SIGHUP received: reloading the configuration is not supported yet; ignored, going on",
-			zap.String("signal", name))
 	case syscall.SIGPIPE:
 		log.Debug("SIGPIPE received: a peer closed its end; the write that failed reports it", zap.String("signal", name))
 	default:

@@ -55,7 +55,7 @@ func runTest(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if err := sess.Complete(msg); err != nil {
 		return fail(exitUsage, err)
 	}
-	res, err := dryrun.Run(s, milters, sess, msg, newLogger(s.LogLevel))
+	res, err := dryrun.Run(s, milters, sess, msg, newLogger(s.LogLevel, os.Stderr))
 	if err != nil {
 		return fail(exitFailure, err)
 	}
