@@ -53,7 +53,8 @@ type Scope struct {
 // protocol (2 to 6), max_modifications (a count) and
 // max_modification_bytes (bytes, with K, M or G for KiB, MiB, GiB);
 // clients and skip_clients (networks and "local" separated by '|'),
-// skip_authenticated and evaluation (true or false), see Scope; and
+// skip_authenticated and evaluation (true or false, or yes, no), see
+// Scope; and
 // the macro settings (macrolists.go): connect_macros, helo_macros,
 // mail_macros, rcpt_macros, data_macros, eoh_macros, eom_macros (macro
 // names separated by spaces, {client_addr} or client_addr; empty: none),
@@ -79,6 +80,9 @@ func ParseConfig(s string, base Options) (Config, error) {
 	for _, kv := range joinMacroValues(settings) {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" || v == "" && !isMacroListSetting(k) {
+			if _, err := parseNet(kv); err == nil {
+				return c, fmt.Errorf("milter %q: setting %q: want name=value (networks in clients and skip_clients are separated by '|')", s, kv)
+			}
 			return c, fmt.Errorf("milter %q: setting %q: want name=value", s, kv)
 		}
 		if err := c.set(k, v); err != nil {
@@ -153,9 +157,13 @@ func (sc *Scope) set(k, v string) error {
 		}
 		return nil
 	}
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		return fmt.Errorf("want true or false")
+	var b bool
+	switch strings.ToLower(v) {
+	case "true", "yes":
+		b = true
+	case "false", "no":
+	default:
+		return fmt.Errorf("want true or false (or yes, no)")
 	}
 	if k == "evaluation" {
 		sc.Evaluation = b
