@@ -24,6 +24,7 @@ type evaluation struct {
 	mods       []string // the changes it asked for, in short: "addheader X-Spam"
 	quarantine bool
 	err        error
+	eom        bool // it was given the end of the message
 	reported   bool // logged at least once (a connection-scoped one is reported with each message)
 }
 
@@ -32,8 +33,6 @@ type evaluation struct {
 // (it failed; the session went on without it).
 func (e *evaluation) verdict() string {
 	switch {
-	case e == nil:
-		return "accept"
 	case e.err != nil:
 		return "error"
 	case e.kind == milter.Reject || e.kind == milter.Tempfail || e.kind == milter.Discard:
@@ -68,12 +67,10 @@ func (s *session) evaluated(sl *slot, stage string, connScope bool, v milter.Ver
 // verdict and, in short, the changes that were not made.
 func (s *session) evaluatedMessage(sl *slot, v milter.Verdict, mods []milter.Modification) {
 	s.evaluated(sl, "eom", false, v)
-	if len(mods) == 0 {
-		return
-	}
 	if sl.eval == nil {
 		sl.eval = &evaluation{}
 	}
+	sl.eval.eom = true
 	for i, m := range mods {
 		if m.Kind == milter.ReplaceBody && i > 0 && mods[i-1].Kind == milter.ReplaceBody {
 			continue // one replacement, however many chunks
@@ -102,7 +99,9 @@ func (s *session) evaluationFailed(sl *slot, err error) {
 
 // reportEvaluations says, for one message, what each evaluating milter of
 // the session would have done: queueID is the message's, "" at the end of
-// a session whose connection-scoped verdict no message reported.
+// a session whose connection-scoped verdict no message reported. A milter
+// that decided nothing and was not given the end of the message (the
+// message was refused before its turn) has nothing to report.
 func (s *session) reportEvaluations(queueID string) {
 	for _, sl := range s.milters {
 		if sl.role != evaluating || sl.part == partNotForClient || sl.part == partAfterAuth {
@@ -112,22 +111,23 @@ func (s *session) reportEvaluations(queueID string) {
 		if queueID == "" && (e == nil || !e.connScope || e.reported) {
 			continue
 		}
+		if e == nil || e.kind == milter.Continue && e.err == nil && !e.eom {
+			continue
+		}
 		fields := []zap.Field{zap.String("milter", sl.name()), zap.String("queue_id", queueID),
 			zap.String("verdict", e.verdict())}
-		if e != nil {
-			e.reported = true
-			if e.stage != "" {
-				fields = append(fields, zap.String("stage", e.stage))
-			}
-			if e.reply != "" {
-				fields = append(fields, zap.String("reply", e.reply))
-			}
-			if len(e.mods) > 0 {
-				fields = append(fields, zap.Strings("modifications", e.mods))
-			}
-			if e.err != nil {
-				fields = append(fields, zap.Error(e.err))
-			}
+		e.reported = true
+		if e.stage != "" {
+			fields = append(fields, zap.String("stage", e.stage))
+		}
+		if e.reply != "" {
+			fields = append(fields, zap.String("reply", e.reply))
+		}
+		if len(e.mods) > 0 {
+			fields = append(fields, zap.Strings("modifications", e.mods))
+		}
+		if e.err != nil {
+			fields = append(fields, zap.Error(e.err))
 		}
 		s.log.Info("evaluation: what the milter would have done", fields...)
 		s.cfg.Observer.Evaluated(s.id, sl.name(), e.verdict())

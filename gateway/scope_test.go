@@ -283,3 +283,31 @@ func TestEvaluationConnectRefusalReportedOnce(t *testing.T) {
 		t.Errorf("evaluation lines %v", f)
 	}
 }
+
+// A message an enforcing milter refused before the evaluating one's turn
+// was not evaluated: no line, no count; the refusal is enforced.
+func TestEvaluationAfterARefusalReportsNothing(t *testing.T) {
+	enforcing := miltertest.Start(t, miltertest.Script{
+		EOM: func(djmilter.Modifier) (*djmilter.Response, error) {
+			return djmilter.RejectWithCodeAndReason(554, "5.7.1 spam")
+		},
+	})
+	evaluating := miltertest.Start(t, miltertest.Script{})
+	p, logs := startLogged(t, Tempfail, enforcing.Spec, evaluating.Spec+"{evaluation=true}")
+	ev := &evaluations{}
+	p.observe(ev)
+	p.handshake()
+	p.openSession("b@test.example")
+	p.sendMessage([]string{"Subject: x", "", "body"})
+	p.expect(dataline("Subject: x"), dataline(""), dataline("body"), dataline("."))
+	p.send(req("commit", ""))
+	p.expect(result("reject|554 5.7.1 spam"))
+	p.send(rep("link-disconnect"))
+	p.waitSessions(0)
+	if got := ev.list(); len(got) != 0 || logs.FilterMessage("evaluation: what the milter would have done").Len() != 0 {
+		t.Errorf("Evaluated %q for a message the evaluating milter was not given", got)
+	}
+	if got := evaluating.Seen(); len(got) != 1 || got[0].EOM != 0 {
+		t.Errorf("evaluating milter saw %+v, want no end of message", got)
+	}
+}
