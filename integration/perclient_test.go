@@ -47,7 +47,7 @@ func TestPerClient(t *testing.T) {
 		// its close: the others would have been connected at the same
 		// CONNECT.
 		here.WaitLines(t, 1, 10*time.Second, " close")
-		if got := here.Connections(); len(got) != 1 || len(here.Lines(" eom ", multiMessageID("perclient"))) != 1 {
+		if got := here.Connections(); len(got) != 1 || len(here.Lines(" eom msgid="+multiMessageID("perclient"))) != 1 {
 			t.Errorf("the milter for 127.0.0.0/8 saw %d connections and not the message; its log:\n%s", len(got), harness.Tail(here.Log, 20))
 		}
 		for _, f := range []*harness.FaultMilter{elsewhere, skipping} {
