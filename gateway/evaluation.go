@@ -63,8 +63,9 @@ func (s *session) evaluated(sl *slot, stage string, connScope bool, v milter.Ver
 		zap.Stringer("verdict", v.Kind), zap.String("reply", logText(v.Reply)))
 }
 
-// evaluatedMessage keeps an evaluating milter's end of message: its
-// verdict and, in short, the changes that were not made.
+// evaluatedMessage keeps an evaluating milter's answer to the message
+// (headers to end of message, reported as stage eom): its verdict and, in
+// short, the changes that were not made.
 func (s *session) evaluatedMessage(sl *slot, v milter.Verdict, mods []milter.Modification) {
 	s.evaluated(sl, "eom", false, v)
 	if sl.eval == nil {
@@ -91,10 +92,9 @@ func (s *session) evaluatedMessage(sl *slot, v milter.Verdict, mods []milter.Mod
 // of the session: no default action, no answer changed.
 func (s *session) evaluationFailed(sl *slot, err error) {
 	s.log.Warn("evaluating milter failed; the session goes on without it", zap.String("milter", sl.name()), zap.Error(err))
-	if sl.eval == nil || sl.eval.kind == milter.Continue {
-		sl.eval = &evaluation{}
-	}
-	sl.eval.err, sl.eval.connScope = err, true
+	// It is out for the rest of the session: every later message of the
+	// session reports the error, and what it said before is moot.
+	sl.eval = &evaluation{err: err, connScope: true}
 }
 
 // reportEvaluations says, for one message, what each evaluating milter of
