@@ -3,6 +3,7 @@ package config
 import (
 	"flag"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -380,6 +381,68 @@ func TestMiltersInBothNotations(t *testing.T) {
 		p := writeConfig(t, text)
 		if _, _, err := parseArgs(t, "-config", p); err == nil || !strings.Contains(err.Error(), p+want) {
 			t.Errorf("%q: %v, want %q", text, err, p+want)
+		}
+	}
+}
+
+func TestMilterScopeInEveryNotation(t *testing.T) {
+	want := milter.Scope{
+		Clients:           milter.Clients{Nets: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("2001:db8::/32")}},
+		SkipClients:       milter.Clients{Nets: []netip.Prefix{netip.MustParsePrefix("192.0.2.7/32")}, Local: true},
+		SkipAuthenticated: true,
+		Evaluation:        true,
+	}
+	table := writeConfig(t, `[[milter]]
+socket = "inet:127.0.0.1:8891"
+clients = ["192.0.2.0/24", "2001:db8::/32"]
+skip_clients = ["192.0.2.7", "local"]
+skip_authenticated = true
+evaluation = true
+`)
+	braces := "clients=192.0.2.0/24|2001:db8::/32, skip_clients=192.0.2.7|local, skip_authenticated=true, evaluation=true"
+	list := writeConfig(t, "milters = [\"{ inet:127.0.0.1:8891, "+braces+" }\"]\n")
+	for _, args := range [][]string{
+		{"-config", table},
+		{"-config", list},
+		{"-milter", "inet:127.0.0.1:8891{" + braces + "}"},
+		{"-milter", "{ inet:127.0.0.1:8891 " + strings.ReplaceAll(braces, ",", "") + " }"},
+	} {
+		_, ms, err := parseArgs(t, args...)
+		if err != nil {
+			t.Fatalf("%q: %v", args, err)
+		}
+		if len(ms) != 1 || !reflect.DeepEqual(ms[0].Scope, want) {
+			t.Errorf("%q: scope %+v, want %+v", args, ms[0].Scope, want)
+		}
+	}
+	_, ms, err := parseArgs(t, "-milter", "inet:127.0.0.1:8891")
+	if err != nil || !reflect.DeepEqual(ms[0].Scope, milter.Scope{}) {
+		t.Errorf("default scope: %+v, %v; want every client, enforcing", ms[0].Scope, err)
+	}
+}
+
+func TestMilterScopeErrors(t *testing.T) {
+	for text, want := range map[string][]string{
+		"[[milter]]\nsocket = \"inet:1\"\n\nclients = [\"192.0.2.0/33\"]\n": {":4: key milter.clients:", `"192.0.2.0/33"`},
+		"[[milter]]\nsocket = \"inet:1\"\nskip_clients = \"10.0.0.0/8\"\n":  {":3: key milter.skip_clients:", "list"},
+		"[[milter]]\nsocket = \"inet:1\"\nclients = [\"10.0.0.1/8\"]\n":     {":3: key milter.clients:", "host bits", "10.0.0.0/8"},
+		"[[milter]]\nsocket = \"inet:1\"\nevaluation = \"yes\"\n":           {":3: key milter.evaluation:"},
+		"milters = [\"inet:1{clients=10.0.0.0/8|nowhere}\"]\n":              {":1: key milters:", "clients=10.0.0.0/8|nowhere", `"nowhere"`},
+	} {
+		p := writeConfig(t, text)
+		_, _, err := parseArgs(t, "-config", p)
+		for _, w := range want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("%q: %v, want it to contain %q", text, err, w)
+			}
+		}
+	}
+	for spec, want := range map[string]string{
+		"inet:1{skip_authenticated=maybe}": `milter "inet:1{skip_authenticated=maybe}": skip_authenticated=maybe: want true or false`,
+		"{ inet:1, clients=fe80::1%eth0 }": `milter "{ inet:1, clients=fe80::1%eth0 }": clients=fe80::1%eth0: "fe80::1%eth0"`,
+	} {
+		if _, _, err := parseArgs(t, "-milter", spec); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("-milter %q: %v, want %q", spec, err, want)
 		}
 	}
 }

@@ -60,6 +60,11 @@ type fileMilter struct {
 	MaxModifications     modCount     `toml:"max_modifications"`
 	MaxModificationBytes ByteSize     `toml:"max_modification_bytes"`
 	fileMacros                        // connect_macros ... macro_v, for this milter
+	// Which sessions consult this milter, and how (milter.Scope).
+	Clients           clientList `toml:"clients"`
+	SkipClients       clientList `toml:"skip_clients"`
+	SkipAuthenticated bool       `toml:"skip_authenticated"`
+	Evaluation        bool       `toml:"evaluation"`
 }
 
 // loadConfig reads the configuration file into s, for every key the file
@@ -183,6 +188,8 @@ func loadConfig(path string, s *Settings) error {
 		fm.connect, fm.command, fm.content = time.Duration(m.ConnectTimeout), time.Duration(m.CommandTimeout), time.Duration(m.ContentTimeout)
 		fm.eom, fm.maxMods, fm.maxModBytes = time.Duration(m.EOMTimeout), int(m.MaxModifications), int64(m.MaxModificationBytes)
 		fm.macros = m.fileMacros
+		fm.scope = milter.Scope{Clients: milter.Clients(m.Clients), SkipClients: milter.Clients(m.SkipClients),
+			SkipAuthenticated: m.SkipAuthenticated, Evaluation: m.Evaluation}
 		s.fileMilters = append(s.fileMilters, fm)
 	}
 	return nil
@@ -203,10 +210,11 @@ type fileMilterConfig struct {
 	version                   uint32        // 0: 6
 	where                     string        // file:line, for errors
 	macros                    fileMacros    // nil keys: the global value
+	scope                     milter.Scope
 }
 
 func (f fileMilterConfig) config(base milter.Options) milter.Config {
-	c := milter.Config{Name: f.name, Endpoints: f.endpoints, Options: base, DefaultAction: f.action}
+	c := milter.Config{Name: f.name, Endpoints: f.endpoints, Options: base, DefaultAction: f.action, Scope: f.scope}
 	if f.connect > 0 {
 		c.Options.ConnectTimeout = f.connect
 	}
@@ -316,6 +324,29 @@ func (m *milterSpec) UnmarshalText(b []byte) error {
 		return err
 	}
 	*m = milterSpec(b)
+	return nil
+}
+
+// clientList is a list of networks and the word "local" (clients,
+// skip_clients): ["192.0.2.0/24", "2001:db8::/32", "local"].
+type clientList milter.Clients
+
+func (c *clientList) UnmarshalTOML(v any) error {
+	list, ok := v.([]any)
+	if !ok {
+		return fmt.Errorf("%v: want a list of networks, e.g. [\"192.0.2.0/24\", \"2001:db8::/32\", \"local\"]", v)
+	}
+	items := make([]string, len(list))
+	for i, x := range list {
+		if items[i], ok = x.(string); !ok {
+			return fmt.Errorf("%v: want a network in quotes, e.g. \"192.0.2.0/24\"", x)
+		}
+	}
+	cl, err := milter.ParseClients(items)
+	if err != nil {
+		return err
+	}
+	*c = clientList(cl)
 	return nil
 }
 

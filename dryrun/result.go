@@ -169,5 +169,6 @@ func (r *recorder) Modifications(_, name string, mods []milter.Modification) {
 
 func (r *recorder) MessageDone(string, string, string, string, int) {}
 func (r *recorder) MessageBuffered(string, int64, bool)             {}
+func (r *recorder) Evaluated(string, string, string)                {}
 
 var _ gateway.Observer = (*recorder)(nil)

@@ -48,7 +48,9 @@ func (s *session) chooseMode(discarded bool) messageMode {
 		if sl.m != nil && sl.m.WantsMessage() {
 			wants = true
 		}
-		if sl.m != nil && !sl.m.Done() && sl.m.CanChange() {
+		// An evaluating milter's changes are not made: it cannot change
+		// the message, and a message only it reads goes back as it came.
+		if sl.role == enforcing && sl.m != nil && !sl.m.Done() && sl.m.CanChange() {
 			changes = true
 		}
 	}
@@ -186,6 +188,7 @@ func (s *session) commitMessage(r protocol.Request) {
 	s.log.Info("message", zap.String("queue_id", s.macros.Get(milter.MacroQueueID)),
 		zap.String("verdict", verdict), zap.String("reply", a.reply))
 	s.cfg.Observer.MessageDone(s.id, s.macros.Get(milter.MacroQueueID), string(a.decision), a.reply, s.size)
+	s.reportEvaluations(s.macros.Get(milter.MacroQueueID))
 	s.send(r, a)
 }
 
@@ -217,6 +220,12 @@ func (s *session) filterMessage() {
 			if a, stop := s.milterFailed(sl, err); stop {
 				s.commit = a
 			}
+			continue
+		}
+		if sl.role == evaluating {
+			// Later milters see the message without its changes.
+			repl.release()
+			s.evaluatedMessage(sl, v, mods)
 			continue
 		}
 		for _, err := range s.msg.apply(mods, repl) {

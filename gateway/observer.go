@@ -30,6 +30,11 @@ type Observer interface {
 	// its buffer is released: its size, and whether part of it went to a
 	// temporary file.
 	MessageBuffered(session string, bytes int64, spilled bool)
+	// Evaluated is what an evaluating milter would have done to a message
+	// (or, once, to a session it decided at connect or HELO without a
+	// message): accept, reject, tempfail, discard, quarantine or error.
+	// Nothing of it was enforced.
+	Evaluated(session, milter, verdict string)
 }
 
 // NopObserver observes nothing.
@@ -42,3 +47,4 @@ func (NopObserver) MilterError(string, string, string, error)                   
 func (NopObserver) Modifications(string, string, []milter.Modification)               {}
 func (NopObserver) MessageDone(string, string, string, string, int)                   {}
 func (NopObserver) MessageBuffered(string, int64, bool)                               {}
+func (NopObserver) Evaluated(string, string, string)                                  {}

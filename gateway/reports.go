@@ -72,6 +72,7 @@ func (s *session) linkAuth(e protocol.LinkAuth) {
 	if e.Result == "pass" {
 		s.macros.Set(milter.MacroAuthAuthen, e.Username)
 		s.macros.Set(milter.MacroAuthType, authMechanism(s.lastCommand))
+		s.authenticated()
 	}
 }
 

@@ -14,10 +14,11 @@ import (
 // of the session (each); the table (table.go) sends their answers.
 
 func (s *session) connect(r protocol.Request) answer {
-	if a, ok := s.openMilters(); !ok {
+	client := s.clientEndpoint(r)
+	if a, ok := s.openMilters(clientOf(client)); !ok {
 		return a
 	}
-	host, family, port, addr := s.connectInfo(r)
+	host, family, port, addr := s.connectInfo(client)
 	return s.each("connect", true, func(m *milter.Session) (milter.Verdict, error) {
 		return m.Connect(host, family, port, addr)
 	})
@@ -77,6 +78,10 @@ func (s *session) each(stage string, connScope bool, c call) answer {
 			}
 			continue
 		}
+		if sl.role == evaluating {
+			s.evaluated(sl, stage, connScope, v)
+			continue
+		}
 		switch v.Kind {
 		case milter.Reject, milter.Tempfail:
 			a := s.refuse(sl, stage, v)
@@ -126,7 +131,7 @@ func (s *session) replyCut(milter, long string) {
 // milterFailed takes a milter that failed out of the session and applies
 // the default action: accept goes on without it; tempfail and reject answer
 // this and every later request of the session, as Postfix's sticky default
-// reply does.
+// reply does. An evaluating milter's failure changes no answer.
 func (s *session) milterFailed(sl *slot, err error) (answer, bool) {
 	if errors.Is(err, errInterrupted) {
 		// Not the milter's fault, and no one to answer: the session ends
@@ -135,9 +140,10 @@ func (s *session) milterFailed(sl *slot, err error) (answer, bool) {
 		s.closeMilters()
 		return proceed, true
 	}
-	if sl.m != nil {
-		_ = sl.m.Close()
-		sl.m = nil
+	sl.leave(partFailed)
+	if sl.role == evaluating {
+		s.evaluationFailed(sl, err)
+		return proceed, false
 	}
 	a := sl.action.failure()
 	s.log.Warn("milter failed; applying the default action", zap.String("milter", sl.name()),
@@ -149,20 +155,30 @@ func (s *session) milterFailed(sl *slot, err error) (answer, bool) {
 	return a, true
 }
 
-// openMilters opens a milter session to every configured milter, once.
-func (s *session) openMilters() (answer, bool) {
+// openMilters opens a milter session to every configured milter that
+// takes part in a session of client (admit), once. A milter left out for
+// the client gets no connection at all.
+func (s *session) openMilters(client clientID) (answer, bool) {
 	if s.opened {
 		return proceed, true
 	}
 	s.opened = true
 	s.milters = make([]*slot, len(s.cfg.Milters))
 	for i, p := range s.cfg.Milters {
-		sl := &slot{pool: p, action: s.cfg.DefaultAction}
+		sl := &slot{pool: p, action: s.cfg.DefaultAction, part: admit(p.Config.Scope, client)}
 		if p.Config.DefaultAction != "" {
 			sl.action, _ = ParseAction(p.Config.DefaultAction)
 		}
+		if p.Config.Scope.Evaluation {
+			sl.role = evaluating
+		}
 		s.milters[i] = sl
+		if sl.part != partIn {
+			s.log.Debug("milter not consulted for this client", zap.String("milter", sl.name()))
+			continue
+		}
 		if s.gone.Load() {
+			sl.part = partClosed
 			continue // nothing to open for a session smtpd is done with
 		}
 		m, err := p.Open(s.macros)
@@ -178,23 +194,26 @@ func (s *session) openMilters() (answer, bool) {
 	return proceed, true
 }
 
-// connectInfo is what SMFIC_CONNECT carries: the client's verified name or,
-// as Postfix does, "[ip]"; its address family, port and address. The
-// link-connect report has the port; the connect request only the address.
-func (s *session) connectInfo(r protocol.Request) (string, milter.Family, uint16, string) {
-	ep := s.client
-	if ep.Family == "" {
-		rdns, src, _ := strings.Cut(r.Param, "|")
-		s.rdns = rdns
-		switch {
-		case src == "local":
-			ep = protocol.Endpoint{Family: "unix", Addr: "local"}
-		case strings.HasPrefix(src, "["):
-			ep = protocol.Endpoint{Family: "inet6", Addr: strings.Trim(src, "[]")}
-		default:
-			ep = protocol.Endpoint{Family: "inet", Addr: src}
-		}
+// clientEndpoint is the client of the session: from link-connect, which
+// has the port, or else from the connect request, which has the address.
+func (s *session) clientEndpoint(r protocol.Request) protocol.Endpoint {
+	if s.client.Family != "" {
+		return s.client
 	}
+	rdns, src, _ := strings.Cut(r.Param, "|")
+	s.rdns = rdns
+	switch {
+	case src == "local":
+		return protocol.Endpoint{Family: "unix", Addr: "local"}
+	case strings.HasPrefix(src, "["):
+		return protocol.Endpoint{Family: "inet6", Addr: strings.Trim(src, "[]")}
+	}
+	return protocol.Endpoint{Family: "inet", Addr: src}
+}
+
+// connectInfo is what SMFIC_CONNECT carries: the client's verified name or,
+// as Postfix does, "[ip]"; its address family, port and address.
+func (s *session) connectInfo(ep protocol.Endpoint) (string, milter.Family, uint16, string) {
 	host := "[" + ep.Addr + "]"
 	if s.rdns != "" && s.rdns != "<unknown>" && s.fcrdns != "fail" {
 		host = s.rdns
@@ -227,6 +246,7 @@ func (s *session) esmtpParams(verb string) []string {
 func (s *session) resetTransaction() {
 	for _, sl := range s.milters {
 		sl.tx = nil
+		sl.eval = sl.eval.forNextTransaction()
 		if sl.m == nil {
 			continue
 		}
@@ -241,11 +261,24 @@ func (s *session) resetTransaction() {
 	s.mode, s.discard, s.commit = modeBuffer, false, proceed
 }
 
+// closeMilters ends the session for every milter (QUIT). An evaluating
+// milter that decided the connection is reported now if no message was.
 func (s *session) closeMilters() {
+	s.reportEvaluations("")
 	for _, sl := range s.milters {
-		if sl.m != nil {
-			_ = sl.m.Close()
-			sl.m = nil
+		sl.leave(partClosed)
+	}
+}
+
+// authenticated takes the skip_authenticated milters out of the session
+// at a successful AUTH: their connection is closed (QUIT), and they see
+// none of the transactions that follow. AUTH is not allowed during a
+// transaction (RFC 4954, section 4), so none is cut in the middle.
+func (s *session) authenticated() {
+	for _, sl := range s.milters {
+		if sl.part == partIn && sl.pool.Config.Scope.SkipAuthenticated {
+			sl.leave(partAfterAuth)
+			s.log.Info("client authenticated; milter leaves the session (skip_authenticated)", zap.String("milter", sl.name()))
 		}
 	}
 }

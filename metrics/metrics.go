@@ -15,6 +15,12 @@
 //	milter_modifications_total{milter,kind}      counter  changes the milters asked for at end of message
 //	endpoint_up{milter,endpoint}        gauge    1 while a milter endpoint is up, 0 once it failed (see Watch)
 //	config_reloads_total{result}        counter  reloads on SIGHUP: ok, failed (see ConfigReloaded)
+//	evaluation_verdicts_total{milter,verdict}    counter  what an evaluating milter (evaluation = true) would have done, once per message: accept, reject, tempfail, discard, quarantine, error
+//
+// An evaluating milter's answers and changes are counted in
+// milter_replies_total and milter_modifications_total as any milter's
+// (what it said); none of them was enforced, and messages_total counts
+// what was.
 //
 // Stages are the gateway's: connect, helo or ehlo, mail, rcpt, data,
 // header, eoh, body, eom. header counts the header stage once per message,
@@ -58,6 +64,7 @@ type Observer struct {
 	buffered      prometheus.Counter
 	spilled       prometheus.Counter
 	spilledMsgs   prometheus.Counter
+	evaluations   *prometheus.CounterVec
 
 	roles roles // the milters /healthz reports on (Watch)
 
@@ -106,8 +113,12 @@ func New() *Observer {
 	o.spilledMsgs = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Name: "messages_spilled_total", Help: "Messages that went past the memory limits to a temporary file.",
 	})
-	o.reg.MustRegister(o.buffered, o.spilled, o.spilledMsgs, &o.roles)
 	o.reloads = newReloads(o.reg)
+	o.evaluations = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "evaluation_verdicts_total",
+		Help: "What evaluating milters would have done, once per message, by milter and verdict (accept, reject, tempfail, discard, quarantine, error); not enforced.",
+	}, []string{"milter", "verdict"})
+	o.reg.MustRegister(o.buffered, o.spilled, o.spilledMsgs, o.evaluations, &o.roles)
 	o.reg.MustRegister(o.sessionsOpen, o.sessionsTotal, o.messages, o.messageBytes, o.replies, o.latency, o.errors, o.modifications,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return o
@@ -164,6 +175,11 @@ func (o *Observer) MessageBuffered(_ string, bytes int64, spilled bool) {
 		o.spilled.Add(float64(bytes))
 		o.spilledMsgs.Inc()
 	}
+}
+
+// Evaluated implements gateway.Observer.
+func (o *Observer) Evaluated(_, name, verdict string) {
+	o.evaluations.WithLabelValues(name, verdict).Inc()
 }
 
 // Verdict names the answer to commit: accept for proceed, tempfail for a

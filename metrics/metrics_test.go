@@ -193,3 +193,15 @@ func TestBufferedAndSpilled(t *testing.T) {
 		}
 	}
 }
+
+func TestEvaluationVerdicts(t *testing.T) {
+	o := New()
+	o.Evaluated("s1", "rspamd-trial", "reject")
+	o.Evaluated("s2", "rspamd-trial", "reject")
+	o.Evaluated("s2", "rspamd-trial", "accept")
+	srv := httptest.NewServer(o.Handler())
+	defer srv.Close()
+	wantLines(t, scrape(t, srv.URL),
+		`filter_milter_evaluation_verdicts_total{milter="rspamd-trial",verdict="reject"} 2`,
+		`filter_milter_evaluation_verdicts_total{milter="rspamd-trial",verdict="accept"} 1`)
+}

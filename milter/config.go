@@ -18,6 +18,19 @@ type Config struct {
 	Endpoints     []Spec
 	Options       Options
 	DefaultAction string // "" means the global default action
+	// Which sessions consult the milter and how (Postfix's
+	// smtpd_milter_maps, milter-manager's evaluation mode): see Scope.
+	Scope Scope
+}
+
+// Scope is which SMTP sessions a milter takes part in, and whether its
+// word counts: the per-milter settings clients, skip_clients,
+// skip_authenticated and evaluation.
+type Scope struct {
+	Clients           Clients // consulted only for these clients; empty: every client
+	SkipClients       Clients // never consulted for these
+	SkipAuthenticated bool    // not for the transactions after a successful AUTH
+	Evaluation        bool    // told everything, enforced in nothing: its verdicts and changes are only logged and counted
 }
 
 // ParseConfig reads a milter setting in either of Postfix's notations:
@@ -38,7 +51,10 @@ type Config struct {
 // Settings: default_action (tempfail, accept, reject), connect_timeout,
 // command_timeout, content_timeout, eom_timeout (see ParseDuration),
 // protocol (2 to 6), max_modifications (a count) and
-// max_modification_bytes (bytes, with K, M or G for KiB, MiB, GiB); and
+// max_modification_bytes (bytes, with K, M or G for KiB, MiB, GiB);
+// clients and skip_clients (networks and "local" separated by '|'),
+// skip_authenticated and evaluation (true or false, or yes, no), see
+// Scope; and
 // the macro settings (macrolists.go): connect_macros, helo_macros,
 // mail_macros, rcpt_macros, data_macros, eoh_macros, eom_macros (macro
 // names separated by spaces, {client_addr} or client_addr; empty: none),
@@ -64,6 +80,9 @@ func ParseConfig(s string, base Options) (Config, error) {
 	for _, kv := range joinMacroValues(settings) {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" || v == "" && !isMacroListSetting(k) {
+			if _, err := parseNet(kv); err == nil {
+				return c, fmt.Errorf("milter %q: setting %q: want name=value (networks in clients and skip_clients are separated by '|')", s, kv)
+			}
 			return c, fmt.Errorf("milter %q: setting %q: want name=value", s, kv)
 		}
 		if err := c.set(k, v); err != nil {
@@ -98,6 +117,8 @@ func (c *Config) set(k, v string) error {
 		c.Options.MaxModifications = int(n)
 	case "max_modification_bytes":
 		c.Options.MaxModificationBytes, err = ParseSize(v, 1<<62)
+	case "clients", "skip_clients", "skip_authenticated", "evaluation":
+		err = c.Scope.set(k, v)
 	case "protocol":
 		var n int
 		n, err = strconv.Atoi(v)
@@ -116,7 +137,41 @@ func (c *Config) set(k, v string) error {
 
 // plainSettings are the per-milter settings whose value is one word.
 var plainSettings = []string{"default_action", "connect_timeout", "command_timeout", "content_timeout",
-	"eom_timeout", "protocol", "max_modifications", "max_modification_bytes"}
+	"eom_timeout", "protocol", "max_modifications", "max_modification_bytes",
+	"clients", "skip_clients", "skip_authenticated", "evaluation"}
+
+// set applies one scope setting. In braces a list of clients is one item,
+// its networks separated by '|' (commas and spaces separate settings
+// there): clients=192.0.2.0/24|2001:db8::/32|local.
+func (sc *Scope) set(k, v string) error {
+	switch k {
+	case "clients", "skip_clients":
+		cl, err := ParseClients(strings.Split(v, "|"))
+		if err != nil {
+			return err
+		}
+		if k == "clients" {
+			sc.Clients = cl
+		} else {
+			sc.SkipClients = cl
+		}
+		return nil
+	}
+	var b bool
+	switch strings.ToLower(v) {
+	case "true", "yes":
+		b = true
+	case "false", "no":
+	default:
+		return fmt.Errorf("want true or false (or yes, no)")
+	}
+	if k == "evaluation" {
+		sc.Evaluation = b
+	} else {
+		sc.SkipAuthenticated = b
+	}
+	return nil
+}
 
 // joinMacroValues puts back together the values of macro settings that
 // items split on spaces: after connect_macros=j, the item client_addr (no
