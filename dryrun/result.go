@@ -134,11 +134,11 @@ func (r *recorder) milter(name string) *MilterLog {
 func (r *recorder) SessionOpened(string) {}
 func (r *recorder) SessionClosed(string) {}
 
-func (r *recorder) MilterReply(_, name, stage string, v milter.Verdict, took time.Duration) {
+func (r *recorder) MilterReply(_, name string, stage milter.Stage, v milter.Verdict, took time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	l := r.milter(name)
-	e := StageLog{Stage: stage, Verdict: v.Kind.String(), Code: v.Code, Reply: v.Reply, Count: 1, TookMS: float64(took) / float64(time.Millisecond)}
+	e := StageLog{Stage: string(stage), Verdict: v.Kind.String(), Code: v.Code, Reply: v.Reply, Count: 1, TookMS: float64(took) / float64(time.Millisecond)}
 	if n := len(l.Replies); n > 0 {
 		last := &l.Replies[n-1]
 		if last.Stage == e.Stage && last.Verdict == e.Verdict && last.Reply == e.Reply {
@@ -150,11 +150,11 @@ func (r *recorder) MilterReply(_, name, stage string, v milter.Verdict, took tim
 	l.Replies = append(l.Replies, e)
 }
 
-func (r *recorder) MilterError(_, name, stage string, err error) {
+func (r *recorder) MilterError(_, name string, stage milter.Stage, err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	l := r.milter(name)
-	l.Errors = append(l.Errors, ErrorLog{Stage: stage, Kind: milter.ErrorKind(err), Error: err.Error()})
+	l.Errors = append(l.Errors, ErrorLog{Stage: string(stage), Kind: milter.ErrorKind(err), Error: err.Error()})
 }
 
 func (r *recorder) Modifications(_, name string, mods []milter.Modification) {

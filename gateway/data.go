@@ -207,7 +207,7 @@ func (s *session) filterMessage() {
 			mods []milter.Modification
 			repl *bodyStore // where this milter's replacement body goes, spilling to disk as the message does
 		)
-		v, err := s.do(sl, "message", false, func(m *milter.Session) (milter.Verdict, error) {
+		v, err := s.do(sl, milter.StageMessage, false, func(m *milter.Session) (milter.Verdict, error) {
 			repl.release() // a failed endpoint's partial body, when the pool moves to another
 			repl = s.msg.newReplacement()
 			var v milter.Verdict
@@ -234,7 +234,7 @@ func (s *session) filterMessage() {
 		s.policyFor(sl, mods)
 		switch v.Kind {
 		case milter.Reject, milter.Tempfail:
-			if a := s.refuse(sl, "end of message", v); a.decision != protocol.Proceed {
+			if a := s.refuse(sl, milter.StageEOM, v); a.decision != protocol.Proceed {
 				s.commit = a
 			}
 		case milter.Discard:
@@ -298,11 +298,11 @@ func (s *session) messageTo(sl *slot, m *milter.Session, repl *bodyStore) (milte
 	// The header stage is timed and observed as a whole: one packet per
 	// field, tens of thousands in a MB of short fields, and a clock read
 	// and an observer call for each cost more than the packet.
-	v, err := s.observe(sl, "header", func() (milter.Verdict, error) { return m.Headers(s.msg.headers()) })
+	v, err := s.observe(sl, milter.StageHeader, func() (milter.Verdict, error) { return m.Headers(s.msg.headers()) })
 	if err != nil || v.Final() {
 		return v, nil, err
 	}
-	v, err = s.observe(sl, "eoh", m.EndOfHeaders)
+	v, err = s.observe(sl, milter.StageEOH, m.EndOfHeaders)
 	if err != nil || v.Final() {
 		return v, nil, err
 	}
@@ -314,14 +314,14 @@ func (s *session) messageTo(sl *slot, m *milter.Session, repl *bodyStore) (milte
 		if m.SkipBody() {
 			return false
 		}
-		v, err = s.observe(sl, "body", func() (milter.Verdict, error) { return m.Body(chunk) })
+		v, err = s.observe(sl, milter.StageBody, func() (milter.Verdict, error) { return m.Body(chunk) })
 		return err == nil && !v.Final()
 	})
 	if err != nil || v.Final() {
 		return v, nil, err
 	}
 	var mods []milter.Modification
-	v, err = s.observe(sl, "eom", func() (milter.Verdict, error) {
+	v, err = s.observe(sl, milter.StageEOM, func() (milter.Verdict, error) {
 		var err error
 		v, mods, err = m.End(repl)
 		return v, err
@@ -333,7 +333,7 @@ func (s *session) messageTo(sl *slot, m *milter.Session, repl *bodyStore) (milte
 }
 
 // observe times one milter call and tells the observer.
-func (s *session) observe(sl *slot, stage string, f func() (milter.Verdict, error)) (milter.Verdict, error) {
+func (s *session) observe(sl *slot, stage milter.Stage, f func() (milter.Verdict, error)) (milter.Verdict, error) {
 	start := time.Now()
 	v, err := f()
 	if err != nil && s.gone.Load() {

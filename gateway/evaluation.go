@@ -19,7 +19,7 @@ import (
 type evaluation struct {
 	connScope  bool        // decided at connect or HELO, or failed: it holds for every later message of the session
 	kind       milter.Kind // Continue until it decided
-	stage      string
+	stage      milter.Stage
 	reply      string
 	mods       []string // the changes it asked for, in short: "addheader X-Spam"
 	quarantine bool
@@ -45,7 +45,7 @@ func (e *evaluation) verdict() string {
 
 // evaluated keeps an evaluating milter's answer to a command; its first
 // verdict other than continue is the one reported.
-func (s *session) evaluated(sl *slot, stage string, connScope bool, v milter.Verdict) {
+func (s *session) evaluated(sl *slot, stage milter.Stage, connScope bool, v milter.Verdict) {
 	if v.Kind == milter.Continue {
 		return
 	}
@@ -59,7 +59,7 @@ func (s *session) evaluated(sl *slot, stage string, connScope bool, v milter.Ver
 	if v.Kind == milter.Reject || v.Kind == milter.Tempfail {
 		sl.eval.reply = logText(oneLine(v.Reply))
 	}
-	s.log.Debug("evaluating milter answered; not enforced", zap.String("milter", sl.name()), zap.String("stage", stage),
+	s.log.Debug("evaluating milter answered; not enforced", zap.String("milter", sl.name()), zap.String("stage", string(stage)),
 		zap.Stringer("verdict", v.Kind), zap.String("reply", logText(v.Reply)))
 }
 
@@ -67,7 +67,7 @@ func (s *session) evaluated(sl *slot, stage string, connScope bool, v milter.Ver
 // (headers to end of message, reported as stage eom): its verdict and, in
 // short, the changes that were not made.
 func (s *session) evaluatedMessage(sl *slot, v milter.Verdict, mods []milter.Modification) {
-	s.evaluated(sl, "eom", false, v)
+	s.evaluated(sl, milter.StageEOM, false, v)
 	if sl.eval == nil {
 		sl.eval = &evaluation{}
 	}
@@ -118,7 +118,7 @@ func (s *session) reportEvaluations(queueID string) {
 			zap.String("verdict", e.verdict())}
 		e.reported = true
 		if e.stage != "" {
-			fields = append(fields, zap.String("stage", e.stage))
+			fields = append(fields, zap.String("stage", string(e.stage)))
 		}
 		if e.reply != "" {
 			fields = append(fields, zap.String("reply", e.reply))

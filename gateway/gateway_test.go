@@ -611,9 +611,9 @@ func (r *recorder) MessageBuffered(_ string, bytes int64, spilled bool) {
 	r.mu.Unlock()
 }
 
-func (r *recorder) MilterReply(_, _, stage string, v milter.Verdict, _ time.Duration) {
+func (r *recorder) MilterReply(_, _ string, stage milter.Stage, v milter.Verdict, _ time.Duration) {
 	r.mu.Lock()
-	r.stages = append(r.stages, stage+"="+v.Kind.String())
+	r.stages = append(r.stages, string(stage)+"="+v.Kind.String())
 	r.mu.Unlock()
 }
 

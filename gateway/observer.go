@@ -18,10 +18,10 @@ type Observer interface {
 	// is continue, or the final answer the milter gave to one of the
 	// fields, and its time that of all the fields (a header of short
 	// fields is tens of thousands per MB, too many to observe each).
-	MilterReply(session, milter, stage string, v milter.Verdict, took time.Duration)
+	MilterReply(session, milter string, stage milter.Stage, v milter.Verdict, took time.Duration)
 	// MilterError is a milter that failed: unreachable, timed out, broke
 	// the protocol.
-	MilterError(session, milter, stage string, err error)
+	MilterError(session, milter string, stage milter.Stage, err error)
 	// Modifications are the changes a milter asked for at end of message.
 	Modifications(session, milter string, mods []milter.Modification)
 	// MessageDone is the answer to commit.
@@ -42,8 +42,8 @@ type NopObserver struct{}
 
 func (NopObserver) SessionOpened(string)                                              {}
 func (NopObserver) SessionClosed(string)                                              {}
-func (NopObserver) MilterReply(string, string, string, milter.Verdict, time.Duration) {}
-func (NopObserver) MilterError(string, string, string, error)                         {}
+func (NopObserver) MilterReply(string, string, milter.Stage, milter.Verdict, time.Duration) {}
+func (NopObserver) MilterError(string, string, milter.Stage, error)                         {}
 func (NopObserver) Modifications(string, string, []milter.Modification)               {}
 func (NopObserver) MessageDone(string, string, string, string, int)                   {}
 func (NopObserver) MessageBuffered(string, int64, bool)                               {}

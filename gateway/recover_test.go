@@ -76,7 +76,7 @@ func testDataLine(l string) string {
 // message is observed: an internal error in the middle of end of message.
 type panicAtHeader struct{ NopObserver }
 
-func (panicAtHeader) MilterReply(_, _, stage string, _ milter.Verdict, _ time.Duration) {
+func (panicAtHeader) MilterReply(_, _ string, stage milter.Stage, _ milter.Verdict, _ time.Duration) {
 	if stage == "header" {
 		panic("test: internal error at end of message")
 	}

@@ -130,7 +130,7 @@ func (sl *slot) name() string { return sl.pool.Name() }
 // are kept, so the new endpoint is brought to the same state. Commands
 // answered otherwise end the milter's say in the scope anyway. connScope:
 // c is part of the connection (connect, HELO), not of the transaction.
-func (s *session) do(sl *slot, stage string, connScope bool, c call, record bool) (milter.Verdict, error) {
+func (s *session) do(sl *slot, stage milter.Stage, connScope bool, c call, record bool) (milter.Verdict, error) {
 	timed := c
 	if record { // the message stage times each of its calls itself
 		timed = func(m *milter.Session) (milter.Verdict, error) {
@@ -141,7 +141,7 @@ func (s *session) do(sl *slot, stage string, connScope bool, c call, record bool
 	v, err := s.calling(m, func() (milter.Verdict, error) { return timed(m) })
 	for tries := 1; err != nil && !errors.Is(err, errInterrupted) && tries < sl.pool.Size(); tries++ {
 		s.log.Warn("milter endpoint failed; moving the session to another endpoint",
-			zap.String("milter", sl.name()), zap.String("endpoint", sl.m.Endpoint()), zap.String("stage", stage), zap.Error(err))
+			zap.String("milter", sl.name()), zap.String("endpoint", sl.m.Endpoint()), zap.String("stage", string(stage)), zap.Error(err))
 		next, oerr := sl.pool.OpenOther(sl.m, s.macros)
 		if oerr != nil {
 			err = fmt.Errorf("%w; failover: %v", err, oerr)

@@ -19,13 +19,17 @@ func (s *session) connect(r protocol.Request) answer {
 		return a
 	}
 	host, family, port, addr := s.connectInfo(client)
-	return s.each("connect", true, func(m *milter.Session) (milter.Verdict, error) {
+	return s.each(milter.StageConnect, true, func(m *milter.Session) (milter.Verdict, error) {
 		return m.Connect(host, family, port, addr)
 	})
 }
 
 func (s *session) helo(r protocol.Request) answer {
-	return s.each(string(r.Phase), true, func(m *milter.Session) (milter.Verdict, error) { return m.Helo(r.Param) })
+	stage := milter.StageHelo
+	if r.Phase == protocol.PhaseEhlo {
+		stage = milter.StageEhlo
+	}
+	return s.each(stage, true, func(m *milter.Session) (milter.Verdict, error) { return m.Helo(r.Param) })
 }
 
 func (s *session) mail(r protocol.Request) answer {
@@ -33,7 +37,7 @@ func (s *session) mail(r protocol.Request) answer {
 	s.macros.Set(milter.MacroMailAddr, r.Param)
 	s.macros.Set(milter.MacroMailHost, domainOf(r.Param))
 	params := s.esmtpParams("MAIL")
-	return s.each("mail", false, func(m *milter.Session) (milter.Verdict, error) { return m.Mail(r.Param, params) })
+	return s.each(milter.StageMail, false, func(m *milter.Session) (milter.Verdict, error) { return m.Mail(r.Param, params) })
 }
 
 func (s *session) rcpt(r protocol.Request) answer {
@@ -43,7 +47,7 @@ func (s *session) rcpt(r protocol.Request) answer {
 	s.macros.Set(milter.MacroRcptAddr, r.Param)
 	s.macros.Set(milter.MacroRcptHost, domainOf(r.Param))
 	params := s.esmtpParams("RCPT")
-	return s.each("rcpt", false, func(m *milter.Session) (milter.Verdict, error) { return m.Rcpt(r.Param, params) })
+	return s.each(milter.StageRcpt, false, func(m *milter.Session) (milter.Verdict, error) { return m.Rcpt(r.Param, params) })
 }
 
 // data opens the message and chooses how its lines go (chooseMode). A
@@ -57,7 +61,7 @@ func (s *session) data(protocol.Request) answer {
 		s.mode = s.chooseMode(true)
 		return proceed
 	}
-	a := s.each("data", false, func(m *milter.Session) (milter.Verdict, error) { return m.Data() })
+	a := s.each(milter.StageData, false, func(m *milter.Session) (milter.Verdict, error) { return m.Data() })
 	s.mode = s.chooseMode(false)
 	return a
 }
@@ -66,7 +70,7 @@ func (s *session) data(protocol.Request) answer {
 // order, and stops at the first that refuses: a refusal by one milter
 // overrides the others, and later milters do not see that command
 // (Postfix's rule). A refusal at connect or HELO covers the connection.
-func (s *session) each(stage string, connScope bool, c call) answer {
+func (s *session) each(stage milter.Stage, connScope bool, c call) answer {
 	for _, sl := range s.milters {
 		if !sl.active() {
 			continue
@@ -95,7 +99,7 @@ func (s *session) each(stage string, connScope bool, c call) answer {
 		case milter.Discard:
 			// The whole message is dropped, whatever stage said so; the
 			// filter protocol has no silent drop, so commit refuses it.
-			s.log.Info("milter discards the message", zap.String("milter", sl.name()), zap.String("stage", stage))
+			s.log.Info("milter discards the message", zap.String("milter", sl.name()), zap.String("stage", string(stage)))
 			s.discard = true
 			return proceed
 		}
@@ -106,18 +110,18 @@ func (s *session) each(stage string, connScope bool, c call) answer {
 // refuse turns a milter's refusal into the answer for smtpd. A reply the
 // filter protocol cannot carry gets the default action, as any other
 // protocol error of a milter does.
-func (s *session) refuse(sl *slot, stage string, v milter.Verdict) answer {
+func (s *session) refuse(sl *slot, stage milter.Stage, v milter.Verdict) answer {
 	a, long, err := refusal(v)
 	if err != nil {
 		s.log.Warn("invalid reply from milter; applying the default action", zap.String("milter", sl.name()),
-			zap.String("stage", stage), zap.Stringer("verdict", v.Kind), zap.String("reply", logText(v.Reply)),
+			zap.String("stage", string(stage)), zap.Stringer("verdict", v.Kind), zap.String("reply", logText(v.Reply)),
 			zap.NamedError("reason", err), zap.Stringer("default_action", sl.action))
 		return sl.action.failure()
 	}
 	if long != "" {
 		s.replyCut(sl.name(), long)
 	}
-	s.log.Info("milter refused", zap.String("milter", sl.name()), zap.String("stage", stage), zap.String("reply", a.reply))
+	s.log.Info("milter refused", zap.String("milter", sl.name()), zap.String("stage", string(stage)), zap.String("reply", a.reply))
 	return a
 }
 
@@ -183,7 +187,7 @@ func (s *session) openMilters(client clientID) (answer, bool) {
 		}
 		m, err := p.Open(s.macros)
 		if err != nil {
-			s.cfg.Observer.MilterError(s.id, p.Name(), "open", err)
+			s.cfg.Observer.MilterError(s.id, p.Name(), milter.StageOpen, err)
 			if a, stop := s.milterFailed(sl, err); stop {
 				return a, false
 			}

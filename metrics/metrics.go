@@ -143,13 +143,13 @@ func (o *Observer) SessionOpened(string) {
 func (o *Observer) SessionClosed(string) { o.sessionsOpen.Dec() }
 
 // MilterReply implements gateway.Observer.
-func (o *Observer) MilterReply(_, name, stage string, v milter.Verdict, took time.Duration) {
-	o.replies.WithLabelValues(name, stage, v.Kind.String()).Inc()
-	o.latency.WithLabelValues(name, stage).Observe(took.Seconds())
+func (o *Observer) MilterReply(_, name string, stage milter.Stage, v milter.Verdict, took time.Duration) {
+	o.replies.WithLabelValues(name, string(stage), v.Kind.String()).Inc()
+	o.latency.WithLabelValues(name, string(stage)).Observe(took.Seconds())
 }
 
 // MilterError implements gateway.Observer.
-func (o *Observer) MilterError(_, name, _ string, err error) {
+func (o *Observer) MilterError(_, name string, _ milter.Stage, err error) {
 	o.errors.WithLabelValues(name, milter.ErrorKind(err)).Inc()
 }
 
