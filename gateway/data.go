@@ -179,12 +179,7 @@ func (s *session) commitMessage(r protocol.Request) {
 	if s.discard && s.cfg.Policy.Discard == DiscardReject {
 		a = answer{protocol.Reject, replyDiscard}
 	}
-	verdict := string(a.decision)
-	if s.discard {
-		verdict = "discard"
-	}
-	s.log.Info("message", zap.String("queue_id", s.macros.Get(milter.MacroQueueID)),
-		zap.String("verdict", verdict), zap.String("reply", a.reply))
+	s.logMessage(a)
 	s.cfg.Observer.MessageDone(s.id, s.macros.Get(milter.MacroQueueID), string(a.decision), a.reply, s.size)
 	s.send(r, a)
 }
@@ -330,6 +325,7 @@ func (s *session) observe(sl *slot, stage string, f func() (milter.Verdict, erro
 	if err != nil && s.gone.Load() {
 		return v, err // interrupted: not the milter's error
 	}
+	sl.tally.record(v, err, time.Since(start))
 	if err != nil {
 		s.cfg.Observer.MilterError(s.id, sl.name(), stage, err)
 	} else {

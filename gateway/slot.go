@@ -21,6 +21,7 @@ type slot struct {
 	action Action          // this milter's default action
 	conn   []call          // connect and HELO: replayed on failover
 	tx     []call          // the transaction's MAIL, RCPTs and DATA, likewise
+	tally  tally           // what it did for the message in progress (msglog.go)
 }
 
 func (sl *slot) active() bool { return sl.m != nil && !sl.m.Done() }

@@ -24,6 +24,7 @@ func (s *session) connect(r protocol.Request) answer {
 }
 
 func (s *session) helo(r protocol.Request) answer {
+	s.heloName = r.Param
 	return s.each(string(r.Phase), true, func(m *milter.Session) (milter.Verdict, error) { return m.Helo(r.Param) })
 }
 
@@ -226,7 +227,7 @@ func (s *session) esmtpParams(verb string) []string {
 // (SMFIC_ABORT, only where a transaction is open).
 func (s *session) resetTransaction() {
 	for _, sl := range s.milters {
-		sl.tx = nil
+		sl.tx, sl.tally = nil, tally{}
 		if sl.m == nil {
 			continue
 		}
@@ -238,7 +239,7 @@ func (s *session) resetTransaction() {
 		s.macros.Set(name, "")
 	}
 	s.dropMessage()
-	s.mode, s.discard, s.commit = modeBuffer, false, proceed
+	s.mode, s.discard, s.commit, s.rcpts = modeBuffer, false, proceed, 0
 }
 
 func (s *session) closeMilters() {
