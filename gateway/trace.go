@@ -106,12 +106,12 @@ func (c forcedCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.Ch
 
 // lineIn traces a line smtpd sent.
 func (t *tracer) lineIn(raw []byte) {
-	t.log.Debug("filter line in", zap.ByteString("line", raw), zap.Int("size", len(raw)))
+	t.log.Debug("filter line in", zap.String("line", string(raw)), zap.Int("size", len(raw)))
 }
 
 // lineOut traces a line written to smtpd, without its newline.
 func (t *tracer) lineOut(line []byte) {
-	t.log.Debug("filter line out", zap.ByteString("line", line), zap.Int("size", len(line)))
+	t.log.Debug("filter line out", zap.String("line", string(line)), zap.Int("size", len(line)))
 }
 
 // dataLine traces a data line, in or out: line is the whole line, whose
@@ -119,10 +119,10 @@ func (t *tracer) lineOut(line []byte) {
 // The final "." is no content.
 func (t *tracer) dataLine(msg string, line []byte, param int) {
 	if t.content || (param == 1 && line[len(line)-1] == '.') {
-		t.log.Debug(msg, zap.ByteString("line", line), zap.Int("size", len(line)))
+		t.log.Debug(msg, zap.String("line", string(line)), zap.Int("size", len(line)))
 		return
 	}
-	t.log.Debug(msg, zap.ByteString("line", line[:len(line)-param]), zap.Int("size", len(line)), zap.Int("elided", param))
+	t.log.Debug(msg, zap.String("line", string(line[:len(line)-param])), zap.Int("size", len(line)), zap.Int("elided", param))
 }
 
 // traceMilter has m traced from now on, when s is. Every milter call goes

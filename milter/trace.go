@@ -70,11 +70,11 @@ func (t *packetTrace) emit(msg string, names map[byte]packetKind, code byte, siz
 	fields := []zap.Field{zap.String("endpoint", t.endpoint), zap.String("packet", name), zap.Int("size", size)}
 	switch {
 	case t.content || !k.content:
-		fields = append(fields, zap.ByteString("payload", payload))
+		fields = append(fields, zap.String("payload", string(payload)))
 	case k.header:
 		// The header's name is no content: only its value is elided.
-		name, value := headerName(payload, k.indexed)
-		fields = append(fields, zap.ByteString("header", name), zap.Int("elided", value))
+		field, value := headerName(payload, k.indexed)
+		fields = append(fields, zap.String("header", string(field)), zap.Int("elided", value))
 	default:
 		fields = append(fields, zap.Int("elided", size))
 	}
