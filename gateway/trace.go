@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"net/netip"
+	"strconv"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -106,12 +107,12 @@ func (c forcedCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.Ch
 
 // lineIn traces a line smtpd sent.
 func (t *tracer) lineIn(raw []byte) {
-	t.log.Debug("filter line in", zap.String("line", string(raw)), zap.Int("size", len(raw)))
+	t.log.Debug("filter line in", zap.String("line", escaped(raw)), zap.Int("size", len(raw)))
 }
 
 // lineOut traces a line written to smtpd, without its newline.
 func (t *tracer) lineOut(line []byte) {
-	t.log.Debug("filter line out", zap.String("line", string(line)), zap.Int("size", len(line)))
+	t.log.Debug("filter line out", zap.String("line", escaped(line)), zap.Int("size", len(line)))
 }
 
 // dataLine traces a data line, in or out: line is the whole line, whose
@@ -119,10 +120,18 @@ func (t *tracer) lineOut(line []byte) {
 // The final "." is no content.
 func (t *tracer) dataLine(msg string, line []byte, param int) {
 	if t.content || (param == 1 && line[len(line)-1] == '.') {
-		t.log.Debug(msg, zap.String("line", string(line)), zap.Int("size", len(line)))
+		t.log.Debug(msg, zap.String("line", escaped(line)), zap.Int("size", len(line)))
 		return
 	}
-	t.log.Debug(msg, zap.String("line", string(line[:len(line)-param])), zap.Int("size", len(line)), zap.Int("elided", param))
+	t.log.Debug(msg, zap.String("line", escaped(line[:len(line)-param])), zap.Int("size", len(line)), zap.Int("elided", param))
+}
+
+// escaped is b as a Go string literal without its quotes: every byte
+// kept, those that are not printable UTF-8 as \x escapes, where the log's
+// own escaping would replace them.
+func escaped(b []byte) string {
+	q := strconv.Quote(string(b))
+	return q[1 : len(q)-1]
 }
 
 // traceMilter has m traced from now on, when s is. Every milter call goes

@@ -84,7 +84,7 @@ func describe(e observer.LoggedEntry) string {
 		case zapcore.ByteStringType:
 			fmt.Fprintf(&b, "%q", f.Interface)
 		case zapcore.StringType:
-			fmt.Fprintf(&b, "%q", f.String)
+			fmt.Fprintf(&b, "\"%s\"", f.String) // the trace's fields are escaped already
 		case zapcore.Int64Type:
 			fmt.Fprint(&b, f.Integer)
 		default:

@@ -3,6 +3,8 @@ package milter
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
+	"strconv"
 
 	"go.uber.org/zap"
 )
@@ -65,16 +67,16 @@ func (t *packetTrace) emit(msg string, names map[byte]packetKind, code byte, siz
 	k := names[code]
 	name := k.name
 	if name == "" {
-		name = "unknown " + string(rune(code))
+		name = fmt.Sprintf("unknown 0x%02x", code)
 	}
 	fields := []zap.Field{zap.String("endpoint", t.endpoint), zap.String("packet", name), zap.Int("size", size)}
 	switch {
 	case t.content || !k.content:
-		fields = append(fields, zap.String("payload", string(payload)))
+		fields = append(fields, zap.String("payload", escaped(payload)))
 	case k.header:
 		// The header's name is no content: only its value is elided.
 		field, value := headerName(payload, k.indexed)
-		fields = append(fields, zap.String("header", string(field)), zap.Int("elided", value))
+		fields = append(fields, zap.String("header", escaped(field)), zap.Int("elided", value))
 	default:
 		fields = append(fields, zap.Int("elided", size))
 	}
@@ -82,6 +84,14 @@ func (t *packetTrace) emit(msg string, names map[byte]packetKind, code byte, siz
 		fields = append(fields, zap.Bool("truncated", true))
 	}
 	t.log.Debug(msg, fields...)
+}
+
+// escaped is b as a Go string literal without its quotes: every byte
+// kept, those that are not printable UTF-8 (NUL, a port's binary bytes)
+// as \x escapes, where the log's own escaping would replace them.
+func escaped(b []byte) string {
+	q := strconv.Quote(string(b))
+	return q[1 : len(q)-1]
 }
 
 // headerName is the name in a header packet's payload, [index] name NUL
