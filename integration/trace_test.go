@@ -71,16 +71,17 @@ func TestTrace(t *testing.T) {
 			{Name: "debug", Filter: args("-log-level", "debug")},
 			{Name: "traced", Filter: args("-log-level", "info", "-trace-clients", "192.0.2.0/24, 127.0.0.1/32")},
 			{Name: "untraced", Filter: args("-log-level", "info", "-trace-clients", "192.0.2.0/24")},
+			{Name: "content", Filter: args("-log-level", "debug", "-trace-content")},
 		}})
 		const secret = "secret-body-text-5f3a"
-		for _, l := range []string{"debug", "traced", "untraced"} {
+		for _, l := range []string{"debug", "traced", "untraced", "content"} {
 			msg := scriptedMessage("trace-"+l, "X-Secret: "+secret)
 			msg.Data = append(msg.Data, secret+"\n"...)
 			if r := s.Send(t, l, msg); !strings.HasPrefix(r.EndOfDataReply(), "250 ") {
 				t.Fatalf("%s: end of DATA %q, want 250; swaks said:\n%s", l, r.EndOfDataReply(), r.Output)
 			}
 		}
-		s.WaitDeliveries(t, 3, 20*time.Second)
+		s.WaitDeliveries(t, 4, 20*time.Second)
 		s.Healthy(t)
 		lines := traceLines(t, s.Proc.Log())
 
@@ -116,8 +117,22 @@ func TestTrace(t *testing.T) {
 		if tr := traceOf(lines, "untraced"); len(tr) > 0 {
 			t.Errorf("a client not in -trace-clients is traced at -log-level info: %s", tr[0].Raw)
 		}
+		var content []string
+		for _, tl := range traceOf(lines, "content") {
+			content = append(content, tl.Raw)
+		}
+		for _, want := range [][]string{
+			{"filter line in", `|data-line|`, `|X-Secret: ` + secret + `"`},
+			{"milter command", `"packet": "SMFIC_HEADER"`, `"payload": "X-Secret\\x00` + secret + `\\x00"`},
+			{"milter command", `"packet": "SMFIC_BODY"`, secret},
+			{"filter line out", `"filter-dataline|`, `|` + secret + `"`},
+		} {
+			if !anyLineHas(content, want...) {
+				t.Errorf("-trace-content: no trace line with %q in:\n%s", want, strings.Join(content, "\n"))
+			}
+		}
 
-		for _, l := range []string{"debug", "traced", "untraced"} {
+		for _, l := range []string{"debug", "traced", "untraced", "content"} {
 			var msgs []traceLine
 			for _, tl := range lines {
 				if tl.Listener == l && tl.Msg == "message" {

@@ -38,8 +38,11 @@ type packetTrace struct {
 	out, in  packetStream
 }
 
-// maxTracedPayload bounds the payload kept for one trace line.
-const maxTracedPayload = 64 << 10
+// maxTracedPayload bounds the payload shown in one trace line (a body
+// chunk is up to 64 KiB): syslog daemons cut longer lines (rsyslog at
+// 8 KiB by default), and escaping can make a byte four. size always
+// says the whole.
+const maxTracedPayload = 4 << 10
 
 // packetStream cuts one direction's bytes into packets: 4 bytes of
 // length, the code, the payload.

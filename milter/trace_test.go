@@ -110,7 +110,9 @@ func TestTraceCommandsAndReplies(t *testing.T) {
 }
 
 // A body chunk larger than conn's write buffer goes to the socket in
-// pieces of go-milter's writes: it is traced as one packet, whole.
+// pieces of go-milter's writes: it is traced as one packet of its whole
+// size, its payload cut to what a log line takes, and the packets after
+// it are still found.
 func TestTraceLargeBodyChunk(t *testing.T) {
 	ok := checker(t)
 	srv := miltertest.Start(t, miltertest.Script{})
@@ -126,14 +128,17 @@ func TestTraceLargeBodyChunk(t *testing.T) {
 	chunk := []byte(strings.Repeat("x", milter.MaxChunk-2) + "\r\n")
 	ok(s.Body(chunk))
 	ok(s.Body(chunk))
+	if n := logs.FilterField(zap.String("packet", "SMFIR_CONTINUE")).Len(); n != 8 {
+		t.Errorf("%d SMFIR_CONTINUE lines, want one for each command", n)
+	}
 	bodies := logs.FilterField(zap.String("packet", "SMFIC_BODY")).All()
 	if len(bodies) != 2 {
 		t.Fatalf("%d SMFIC_BODY lines, want 2", len(bodies))
 	}
 	for _, b := range bodies {
 		m := b.ContextMap()
-		if m["size"] != int64(milter.MaxChunk) || m["payload"] != strings.Repeat("x", milter.MaxChunk-2)+`\r\n` {
-			t.Errorf("body chunk traced as size %v, %d bytes shown", m["size"], len(m["payload"].(string)))
+		if m["size"] != int64(milter.MaxChunk) || m["payload"] != strings.Repeat("x", 4<<10) || m["truncated"] != true {
+			t.Errorf("body chunk traced as size %v, %d bytes shown, truncated %v", m["size"], len(m["payload"].(string)), m["truncated"])
 		}
 	}
 }
