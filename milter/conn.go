@@ -113,7 +113,7 @@ func (c *conn) skipEmptyBody(on, reply bool) { c.swallowEmptyBody, c.fakeReply =
 func newConn(c net.Conn, timeout time.Duration, maxPacket uint32, log *zap.Logger) *conn {
 	mc := &conn{Conn: c, maxPacket: maxPacket, negotiating: true, log: log}
 	mc.r = bufio.NewReaderSize(readerFunc(mc.readRaw), 4<<10)
-	mc.w = bufio.NewWriterSize(writerFunc(mc.writeRaw), 4<<10) // body chunks bigger than this go straight to the socket
+	mc.w = bufio.NewWriterSize((*rawWriter)(mc), 4<<10) // body chunks bigger than this go straight to the socket
 	mc.timeout.Store(int64(timeout))
 	if sc, ok := c.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
@@ -162,9 +162,11 @@ type readerFunc func([]byte) (int, error)
 
 func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
-type writerFunc func([]byte) (int, error)
+// rawWriter is conn's socket for its write buffer (writeRaw); a method
+// value would cost an allocation per connection.
+type rawWriter conn
 
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+func (w *rawWriter) Write(p []byte) (int, error) { return (*conn)(w).writeRaw(p) }
 
 // setTimeout sets the timeout for the I/O of the stage that starts now.
 func (c *conn) setTimeout(d time.Duration) { c.timeout.Store(int64(d)) }
