@@ -325,11 +325,12 @@ func (s *session) observe(sl *slot, stage string, f func() (milter.Verdict, erro
 	if err != nil && s.gone.Load() {
 		return v, err // interrupted: not the milter's error
 	}
-	sl.tally.record(v, err, time.Since(start))
+	took := time.Since(start)
+	sl.tally.record(v, err, took)
 	if err != nil {
 		s.cfg.Observer.MilterError(s.id, sl.name(), stage, err)
 	} else {
-		s.cfg.Observer.MilterReply(s.id, sl.name(), stage, v, time.Since(start))
+		s.cfg.Observer.MilterReply(s.id, sl.name(), stage, v, took)
 	}
 	return v, err
 }
