@@ -58,18 +58,21 @@ func traceOf(lines []traceLine, listener string) []traceLine {
 }
 
 // TestTrace: at -log-level debug a session's every filter line in and out
-// and every milter packet is in smtpd's log, message content elided; at
-// -log-level info only the sessions of -trace-clients are; the message
-// line says who sent what and what each milter said, in the metrics'
-// words.
+// and every milter packet is in smtpd's log, message content elided
+// (shown with -trace-content); at -log-level info only the sessions of
+// trace_clients (the file's key; -trace-clients the flag) are; the
+// message line says who sent what and what each milter said, in the
+// metrics' words.
 func TestTrace(t *testing.T) {
 	forEachSMTPD(t, func(t *testing.T, v harness.SMTPDVersion) {
 		env := harness.NewEnv(t)
 		m := harness.StartPyMilter(t, env, "scripted-milter", harness.ScriptedMilter(t), "unix")
 		args := func(extra ...string) []string { return append([]string{"-milter", m.Spec}, extra...) }
+		// trace_clients as a postmaster would set it, in the file.
+		conf := env.WriteFile("trace.toml", []byte("log_level = \"info\"\ntrace_clients = [\"192.0.2.0/24\", \"127.0.0.1/32\"]\n"), 0o644)
 		s := harness.StartSMTPD(t, env, harness.SMTPDConfig{Binary: v.Binary, Listeners: []harness.Listener{
 			{Name: "debug", Filter: args("-log-level", "debug")},
-			{Name: "traced", Filter: args("-log-level", "info", "-trace-clients", "192.0.2.0/24, 127.0.0.1/32")},
+			{Name: "traced", Filter: args("-config", conf)},
 			{Name: "untraced", Filter: args("-log-level", "info", "-trace-clients", "192.0.2.0/24")},
 			{Name: "content", Filter: args("-log-level", "debug", "-trace-content")},
 		}})
