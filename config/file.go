@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"regexp"
 	"strconv"
@@ -42,6 +43,8 @@ type fileConfig struct {
 	BufferLimit          bufferSize    `toml:"buffer_limit"`
 	MemoryBudget         ByteSize      `toml:"memory_budget"`
 	TempDir              dirPath       `toml:"temp_dir"`
+	TraceClients         []prefix      `toml:"trace_clients"`
+	TraceContent         bool          `toml:"trace_content"`
 	fileMacros                         // connect_macros ... macro_v
 }
 
@@ -152,6 +155,15 @@ func loadConfig(path string, s *Settings) error {
 	}
 	if def("temp_dir") {
 		s.TempDir = string(fc.TempDir)
+	}
+	if def("trace_clients") {
+		s.Trace.Clients = nil
+		for _, p := range fc.TraceClients {
+			s.Trace.Clients = append(s.Trace.Clients, netip.Prefix(p))
+		}
+	}
+	if def("trace_content") {
+		s.Trace.Content = fc.TraceContent
 	}
 	fc.fileMacros.apply(&s.Macros)
 	s.fileMilters, s.fileSpecs = nil, nil

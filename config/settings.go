@@ -44,6 +44,8 @@ type Settings struct {
 	TempDir              string   // where spilled messages go ("": os.TempDir)
 	// Macros: the lists per stage, macro_defaults and macro_v (macros.go).
 	Macros milter.MacroConfig
+	// Trace: trace_clients and trace_content (trace.go).
+	Trace gateway.Trace
 
 	fileMilters []fileMilterConfig // [[milter]] tables of the configuration file
 	fileSpecs   []string           // its milters = [...] list, in -milter notation
@@ -172,6 +174,8 @@ func (s *Settings) AddFlags(fs *flag.FlagSet) {
 	fs.Var(&s.MemoryBudget, "memory-budget", "the memory all buffered messages may use together; beyond it messages go to temporary files")
 	fs.StringVar(&s.TempDir, "temp-dir", s.TempDir, "where messages over the memory limits are buffered; default: $TMPDIR or /tmp")
 	s.addMacroFlags(fs)
+	fs.Var(prefixList{&s.Trace.Clients}, "trace-clients", "trace the sessions of these clients whatever -log-level says: addresses or networks (192.0.2.7, 198.51.100.0/24, 2001:db8::/32) separated by spaces or commas")
+	fs.BoolVar(&s.Trace.Content, "trace-content", s.Trace.Content, "show message content (data lines, header values, body chunks) in the trace, not only its size")
 	fs.StringVar(&s.MetricsListen, "metrics-listen", s.MetricsListen, "serve Prometheus metrics over HTTP on this address (host:port, e.g. 127.0.0.1:9465); empty: no metrics")
 }
 
@@ -205,6 +209,8 @@ var settingFlags = map[string]func(dst, src *Settings){
 	"eom-macros":             func(d, s *Settings) { d.Macros.Lists.EOM = s.Macros.Lists.EOM },
 	"macro-defaults":         func(d, s *Settings) { d.Macros.Defaults = s.Macros.Defaults },
 	"macro-v":                func(d, s *Settings) { d.Macros.V = s.Macros.V },
+	"trace-clients":          func(d, s *Settings) { d.Trace.Clients = s.Trace.Clients },
+	"trace-content":          func(d, s *Settings) { d.Trace.Content = s.Trace.Content },
 }
 
 // ApplyFile reads s.ConfigPath, when given, and takes from it every
@@ -318,5 +324,6 @@ func (s *Settings) GatewayConfig(milters []milter.Config, log *zap.Logger) gatew
 		BufferLimit:     int(s.BufferLimit),
 		MemoryBudget:    int64(s.MemoryBudget),
 		TempDir:         s.TempDir,
+		Trace:           s.Trace,
 	}
 }

@@ -53,6 +53,11 @@ func Run(s *config.Settings, milters []milter.Config, sess Session, m *Message, 
 		if e.Message == "registered with smtpd" {
 			continue // every run says so
 		}
+		if e.Level < zapcore.InfoLevel {
+			// A session of a trace_clients client writes its trace at
+			// debug whatever the level: it goes to stderr, not the result.
+			continue
+		}
 		res.Log = append(res.Log, formatEntry(e))
 	}
 	return res, nil

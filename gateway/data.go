@@ -181,12 +181,7 @@ func (s *session) commitMessage(r protocol.Request) {
 	if s.discard && s.cfg.Policy.Discard == DiscardReject {
 		a = answer{protocol.Reject, replyDiscard}
 	}
-	verdict := string(a.decision)
-	if s.discard {
-		verdict = "discard"
-	}
-	s.log.Info("message", zap.String("queue_id", s.macros.Get(milter.MacroQueueID)),
-		zap.String("verdict", verdict), zap.String("reply", a.reply))
+	s.logMessage(a)
 	s.cfg.Observer.MessageDone(s.id, s.macros.Get(milter.MacroQueueID), string(a.decision), a.reply, s.size)
 	s.reportEvaluations(s.macros.Get(milter.MacroQueueID))
 	s.send(r, a)
@@ -339,10 +334,12 @@ func (s *session) observe(sl *slot, stage milter.Stage, f func() (milter.Verdict
 	if err != nil && s.gone.Load() {
 		return v, err // interrupted: not the milter's error
 	}
+	took := time.Since(start)
+	sl.tally.record(v, err, took)
 	if err != nil {
 		s.cfg.Observer.MilterError(s.id, sl.name(), stage, err)
 	} else {
-		s.cfg.Observer.MilterReply(s.id, sl.name(), stage, v, time.Since(start))
+		s.cfg.Observer.MilterReply(s.id, sl.name(), stage, v, took)
 	}
 	return v, err
 }

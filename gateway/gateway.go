@@ -41,6 +41,9 @@ type Config struct {
 	BufferLimit  int
 	MemoryBudget int64
 	TempDir      string
+	// Trace is what a session's trace shows, and for which clients
+	// besides -log-level debug (trace.go).
+	Trace Trace
 }
 
 // Gateway serves one smtpd: it reads smtpd's lines, runs a session per

@@ -40,11 +40,11 @@ type Observer interface {
 // NopObserver observes nothing.
 type NopObserver struct{}
 
-func (NopObserver) SessionOpened(string)                                              {}
-func (NopObserver) SessionClosed(string)                                              {}
+func (NopObserver) SessionOpened(string)                                                    {}
+func (NopObserver) SessionClosed(string)                                                    {}
 func (NopObserver) MilterReply(string, string, milter.Stage, milter.Verdict, time.Duration) {}
 func (NopObserver) MilterError(string, string, milter.Stage, error)                         {}
-func (NopObserver) Modifications(string, string, []milter.Modification)               {}
-func (NopObserver) MessageDone(string, string, string, string, int)                   {}
-func (NopObserver) MessageBuffered(string, int64, bool)                               {}
-func (NopObserver) Evaluated(string, string, string)                                  {}
+func (NopObserver) Modifications(string, string, []milter.Modification)                     {}
+func (NopObserver) MessageDone(string, string, string, string, int)                         {}
+func (NopObserver) MessageBuffered(string, int64, bool)                                     {}
+func (NopObserver) Evaluated(string, string, string)                                        {}

@@ -72,7 +72,7 @@ func (r *reader) run() (endReason, error) {
 		// it shares the arena's blocks. Other lines feed macros and state
 		// a session keeps, so each gets its own copy and pins nothing else.
 		if r.cutter.Cut(raw, &r.dl) {
-			r.dataLine(&r.dl)
+			r.dataLine(raw, &r.dl)
 			continue
 		}
 		var l protocol.Line
@@ -82,9 +82,9 @@ func (r *reader) run() (endReason, error) {
 		}
 		switch l.Kind {
 		case protocol.KindReport:
-			r.dispatch(l.Report.Session, &l, l.Report.Event == protocol.EventLinkDisconnect)
+			r.dispatch(l.Report.Session, raw, &l, l.Report.Event == protocol.EventLinkDisconnect)
 		case protocol.KindRequest:
-			r.dispatch(l.Request.Session, &l, false)
+			r.dispatch(l.Request.Session, raw, &l, false)
 		case protocol.KindConfig:
 			// Configuration after the handshake carries nothing we use.
 		}
@@ -92,11 +92,19 @@ func (r *reader) run() (endReason, error) {
 }
 
 // dispatch queues a line for its session, starting the session on its
-// first line. The last line, link-disconnect, also interrupts a milter
-// call the session may be stuck in, so that it handles the line at once
-// rather than when the milter answers.
-func (r *reader) dispatch(id string, l *protocol.Line, last bool) {
+// first line, and traces it (raw, as smtpd sent it) when the session is
+// traced: its link-connect says whether its client is one to trace. The
+// last line, link-disconnect, also interrupts a milter call the session
+// may be stuck in, so that it handles the line at once rather than when
+// the milter answers.
+func (r *reader) dispatch(id string, raw []byte, l *protocol.Line, last bool) {
 	s := r.g.sessionFor(id, last, r.now)
+	if l.Kind == protocol.KindReport && l.Report.Event == protocol.EventLinkConnect {
+		s.traceClient(l.Report)
+	}
+	if t := s.trace.Load(); t != nil {
+		t.lineIn(raw)
+	}
 	lc := *l
 	r.queue(s, item{line: &lc})
 	if last {
@@ -106,8 +114,9 @@ func (r *reader) dispatch(id string, l *protocol.Line, last bool) {
 
 // dataLine is dispatch for a data line cut in place: the session is looked
 // up without a copy of its id, and the token, the same on every line of a
-// message, is copied once per message.
-func (r *reader) dataLine(d *protocol.DataLine) {
+// message, is copied once per message. raw is the whole line, for the
+// trace.
+func (r *reader) dataLine(raw []byte, d *protocol.DataLine) {
 	g := r.g
 	g.mu.Lock()
 	s := g.sessions[string(d.Session)]
@@ -117,6 +126,9 @@ func (r *reader) dataLine(d *protocol.DataLine) {
 	}
 	if string(d.Token) != s.in.token {
 		s.in.token = string(d.Token)
+	}
+	if t := s.trace.Load(); t != nil {
+		t.dataLine("filter line in", raw, len(d.Param))
 	}
 	r.queue(s, item{version: d.Version, token: s.in.token, param: r.arena.String(d.Param)})
 }

@@ -34,6 +34,10 @@ type session struct {
 	macros *milter.Macros
 	end    endReason // why the session ends; running until then
 
+	// trace is the session's trace, nil when it is not traced (trace.go);
+	// set by the reader, read by both goroutines.
+	trace atomic.Pointer[tracer]
+
 	milters []*slot // in configured order
 	opened  bool
 
@@ -41,6 +45,7 @@ type session struct {
 	rdns        string
 	fcrdns      string
 	lastCommand string  // the last SMTP command line the client sent (protocol-client)
+	heloName    string  // the HELO or EHLO name, for the message line
 	sticky      *answer // a connection-scoped answer: every later request gets it
 
 	// The transaction in progress.
@@ -49,6 +54,7 @@ type session struct {
 	commit   answer      // the answer for commit, decided at end of data
 	discard  bool
 	answered bool // the request being handled has been answered
+	rcpts    int  // the recipients of the transaction answered proceed, for the message line
 
 	out        []byte       // lines for smtpd not yet handed to the writer
 	size       int          // bytes of the message's data lines, for the observer
@@ -85,6 +91,7 @@ func (g *Gateway) newSession(id string, now int64) *session {
 		commit: proceed,
 	}
 	s.lastActive.Store(now)
+	s.traceFromStart()
 	g.wg.Add(1)
 	go s.run()
 	return s
@@ -142,7 +149,11 @@ const flushSize = 32 << 10
 // dataLineOut queues a data line for smtpd.
 func dataLineOut[L string | []byte](s *session, token string, line L) {
 	s.out = growBuf(s.out, len(line)+len(s.id)+len(token)+len("filter-dataline|||\n"))
+	start := len(s.out)
 	s.out = protocol.AppendDataLine(s.out, s.layout, s.id, token, line)
+	if t := s.trace.Load(); t != nil {
+		t.dataLine("filter line out", s.out[start:len(s.out)-1], len(line))
+	}
 }
 
 // flush hands the queued lines to the writer, which has written or copied
@@ -244,6 +255,7 @@ func (s *session) send(r protocol.Request, a answer) {
 		a.reply, _ = fitReply(a.reply)
 	}
 	s.out = growBuf(s.out, 64+len(r.Session)+len(r.Token)+len(a.reply))
+	start := len(s.out)
 	var err error
 	s.out, err = protocol.AppendResult(s.out, s.layout, r.Session, r.Token, a.decision, a.reply)
 	if err != nil {
@@ -251,6 +263,12 @@ func (s *session) send(r protocol.Request, a answer) {
 		// would die on a bad line, so answer with the gateway's own.
 		s.log.Error("cannot encode answer; using the default reply", zap.Error(err))
 		s.out, _ = protocol.AppendResult(s.out, s.layout, r.Session, r.Token, protocol.Reject, replyTempfail)
+	}
+	if t := s.trace.Load(); t != nil {
+		t.lineOut(s.out[start : len(s.out)-1])
+	}
+	if r.Phase == protocol.PhaseRcptTo && a.decision == protocol.Proceed {
+		s.rcpts++ // a recipient of the message line's count
 	}
 	s.answered = true
 	s.flush()
@@ -285,6 +303,7 @@ func (s *session) calling(m *milter.Session, f func() (milter.Verdict, error)) (
 	}
 	s.inCall = m
 	s.callMu.Unlock()
+	s.traceMilter(m)
 	v, err := f()
 	s.callMu.Lock()
 	s.inCall = nil

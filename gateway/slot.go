@@ -26,6 +26,7 @@ type slot struct {
 	action Action      // this milter's default action
 	conn   []call      // connect and HELO: replayed on failover
 	tx     []call      // the transaction's MAIL, RCPTs and DATA, likewise
+	tally  tally       // what it did for the message in progress (msglog.go)
 }
 
 // participation is the role of a milter in the sessions it takes part in

@@ -25,6 +25,7 @@ func (s *session) connect(r protocol.Request) answer {
 }
 
 func (s *session) helo(r protocol.Request) answer {
+	s.heloName = r.Param
 	stage := milter.StageHelo
 	if r.Phase == protocol.PhaseEhlo {
 		stage = milter.StageEhlo
@@ -249,7 +250,7 @@ func (s *session) esmtpParams(verb string) []string {
 // (SMFIC_ABORT, only where a transaction is open).
 func (s *session) resetTransaction() {
 	for _, sl := range s.milters {
-		sl.tx = nil
+		sl.tx, sl.tally = nil, tally{}
 		sl.eval = sl.eval.forNextTransaction()
 		if sl.m == nil {
 			continue
@@ -262,7 +263,7 @@ func (s *session) resetTransaction() {
 		s.macros.Set(name, "")
 	}
 	s.dropMessage()
-	s.mode, s.discard, s.commit = modeBuffer, false, proceed
+	s.mode, s.discard, s.commit, s.rcpts = modeBuffer, false, proceed, 0
 }
 
 // closeMilters ends the session for every milter (QUIT). An evaluating

@@ -101,6 +101,8 @@ type conn struct {
 	symlists    *[numMacroStages]string // the configured macro lists (Options.Macros)
 
 	log *zap.Logger // the problems conn corrects in what the milter sent
+
+	trace *packetTrace // nil unless the session is traced (Session.Trace)
 }
 
 var emptyBody = []byte{0, 0, 0, 1, 'B'}
@@ -111,7 +113,7 @@ func (c *conn) skipEmptyBody(on, reply bool) { c.swallowEmptyBody, c.fakeReply =
 func newConn(c net.Conn, timeout time.Duration, maxPacket uint32, log *zap.Logger) *conn {
 	mc := &conn{Conn: c, maxPacket: maxPacket, negotiating: true, log: log}
 	mc.r = bufio.NewReaderSize(readerFunc(mc.readRaw), 4<<10)
-	mc.w = bufio.NewWriterSize(c, 4<<10) // body chunks bigger than this go straight to the socket
+	mc.w = bufio.NewWriterSize((*rawWriter)(mc), 4<<10) // body chunks bigger than this go straight to the socket
 	mc.timeout.Store(int64(timeout))
 	if sc, ok := c.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
@@ -159,6 +161,12 @@ func (c *conn) endEndOfMessage() (bodyAt int) {
 type readerFunc func([]byte) (int, error)
 
 func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+// rawWriter is conn's socket for its write buffer (writeRaw); a method
+// value would cost an allocation per connection.
+type rawWriter conn
+
+func (w *rawWriter) Write(p []byte) (int, error) { return (*conn)(w).writeRaw(p) }
 
 // setTimeout sets the timeout for the I/O of the stage that starts now.
 func (c *conn) setTimeout(d time.Duration) { c.timeout.Store(int64(d)) }
@@ -525,13 +533,27 @@ func outOfTurn(b []byte) error {
 	return fmt.Errorf("%w: the milter sent bytes no command asked for (a second reply, or data out of turn): %s", ErrProtocol, quoteSome(b))
 }
 
+// readRaw and writeRaw are the socket's reads and writes, where the trace
+// sees the packets as they are on the wire.
 func (c *conn) readRaw(p []byte) (int, error) {
 	if c.raw != nil {
 		_ = c.raw.Control(func(fd uintptr) {
 			_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpQuickAck, 1)
 		})
 	}
-	return c.Conn.Read(p)
+	n, err := c.Conn.Read(p)
+	if c.trace != nil && n > 0 {
+		c.trace.read(p[:n])
+	}
+	return n, err
+}
+
+func (c *conn) writeRaw(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if c.trace != nil && n > 0 {
+		c.trace.wrote(p[:n])
+	}
+	return n, err
 }
 
 // tcpQuickAck is TCP_QUICKACK from linux/tcp.h; the syscall package does not name it.
