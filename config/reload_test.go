@@ -59,7 +59,10 @@ func TestDiffCoversEveryKey(t *testing.T) {
 }
 
 // macroConfigForDiff goes before goodConfig: after a [[milter]] header a key is that table's.
+// It holds the top-level keys goodConfig does not set.
 const macroConfigForDiff = `
+trace_clients = ["192.0.2.7"]
+trace_content = true
 connect_macros = "j"
 helo_macros = "j"
 mail_macros = "j"
