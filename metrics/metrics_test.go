@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/filter-milter/filter-milter/milter"
@@ -109,12 +111,10 @@ func TestObserverCounts(t *testing.T) {
 
 func waitAddr(t *testing.T, s *Server) string {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for s.Addr() == nil {
-		if time.Now().After(deadline) {
-			t.Fatal("metrics server does not listen")
-		}
-		time.Sleep(10 * time.Millisecond)
+	select {
+	case <-s.Listening():
+	case <-time.After(5 * time.Second):
+		t.Fatal("metrics server does not listen")
 	}
 	return s.Addr().String()
 }
@@ -130,9 +130,22 @@ func TestServeWaitsForABusyAddress(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := busy.Addr().String()
-	srv := New().Serve(addr, zaptest.NewLogger(t))
+	// The server's own log line says its first try failed.
+	refused := make(chan struct{})
+	var once sync.Once
+	log := zaptest.NewLogger(t, zaptest.WrapOptions(zap.Hooks(func(e zapcore.Entry) error {
+		if strings.HasPrefix(e.Message, "cannot listen for metrics") {
+			once.Do(func() { close(refused) })
+		}
+		return nil
+	})))
+	srv := New().Serve(addr, log)
 	t.Cleanup(func() { _ = srv.Close() })
-	time.Sleep(200 * time.Millisecond)
+	select {
+	case <-refused:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no log line for the busy address")
+	}
 	if srv.Addr() != nil {
 		t.Fatalf("listening on a busy address?")
 	}

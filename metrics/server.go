@@ -20,8 +20,9 @@ type Server struct {
 	quit chan struct{}
 	once sync.Once
 
-	mu   sync.Mutex
-	addr net.Addr // set once listening
+	mu        sync.Mutex
+	addr      net.Addr      // set once listening
+	listening chan struct{} // closed once listening
 }
 
 // RetryInterval is how long Serve waits before it tries a busy address
@@ -40,10 +41,11 @@ func (o *Observer) Serve(addr string, log *zap.Logger) *Server {
 	mux.Handle("/", o.Handler())
 	mux.HandleFunc("/healthz", o.serveHealth)
 	s := &Server{
-		srv:  &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second},
-		log:  log,
-		done: make(chan struct{}),
-		quit: make(chan struct{}),
+		srv:       &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second},
+		log:       log,
+		done:      make(chan struct{}),
+		quit:      make(chan struct{}),
+		listening: make(chan struct{}),
 	}
 	go s.run(addr)
 	return s
@@ -63,6 +65,7 @@ func (s *Server) run(addr string) {
 			s.mu.Lock()
 			s.addr = ln.Addr()
 			s.mu.Unlock()
+			close(s.listening)
 			s.log.Info("serving metrics", zap.String("address", ln.Addr().String()))
 			if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				s.log.Error("metrics server stopped", zap.Error(err))
@@ -81,6 +84,9 @@ func (s *Server) run(addr string) {
 		}
 	}
 }
+
+// Listening is closed once the server listens (Addr is then set).
+func (s *Server) Listening() <-chan struct{} { return s.listening }
 
 // Addr is the address listened on, nil until listening.
 func (s *Server) Addr() net.Addr {
