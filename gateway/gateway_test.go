@@ -692,9 +692,8 @@ func TestLargeMessageThroughASmallBuffer(t *testing.T) {
 }
 
 func TestEchoAndKeepWhenNoMilterCanChange(t *testing.T) {
-	// A milter that may only accept or reject: the lines go back before
-	// the end of the message, a block at a time (the session is woken once
-	// a block has gathered, not per line); only "." waits for its verdict.
+	// A milter that may only accept or reject: the lines go back at once,
+	// before the end of the message; only "." waits for its verdict.
 	srv := miltertest.Start(t, miltertest.Script{
 		EOM: func(djmilter.Modifier) (*djmilter.Response, error) {
 			return djmilter.RejectWithCodeAndReason(554, "5.7.1 no")
@@ -705,24 +704,13 @@ func TestEchoAndKeepWhenNoMilterCanChange(t *testing.T) {
 	p.openSession("b@test.example")
 	p.send(req("data", ""))
 	p.expect(result("proceed"))
-	lines := []string{"Subject: x", ""}
-	var body strings.Builder
-	for i := len(lines); i < blockItems; i++ {
-		l := fmt.Sprintf("body %d", i)
-		lines = append(lines, l)
-		body.WriteString(l + "\r\n")
-	}
-	for _, l := range lines {
-		p.send(req("data-line", l))
-	}
-	for _, l := range lines {
-		p.expect(dataline(l)) // back before "." was sent
-	}
-	p.send(req("data-line", "."))
-	p.expect(dataline("."))
+	p.send(req("data-line", "Subject: x"))
+	p.expect(dataline("Subject: x"))
+	p.send(req("data-line", ""), req("data-line", "body"), req("data-line", "."))
+	p.expect(dataline(""), dataline("body"), dataline("."))
 	p.send(req("commit", ""))
 	p.expect(result("reject|554 5.7.1 no"))
-	if got := string(srv.Seen()[0].Body); got != body.String() {
+	if got := string(srv.Seen()[0].Body); got != "body\r\n" {
 		t.Errorf("milter saw body %q", got)
 	}
 }
@@ -819,8 +807,10 @@ func TestEndOfMessageWithoutHeadersOrBody(t *testing.T) {
 	p.openSession("b@test.example")
 	p.send(req("data", ""))
 	p.expect(result("proceed"))
-	p.send(req("data-line", "Subject: x"), req("data-line", ""), req("data-line", "body"), req("data-line", "."))
-	p.expect(dataline("Subject: x"), dataline(""), dataline("body"), dataline("."))
+	p.send(req("data-line", "Subject: x"), req("data-line", ""), req("data-line", "body"))
+	p.expect(dataline("Subject: x"), dataline(""), dataline("body"))
+	p.send(req("data-line", "."))
+	p.expect(dataline("."))
 	p.send(req("commit", ""))
 	p.expect(result("reject|550 5.7.1 decided at end of message"))
 	if seen := srv.Seen(); len(seen) != 1 || len(seen[0].Headers) != 0 || len(seen[0].Body) != 0 {

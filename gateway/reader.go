@@ -34,9 +34,8 @@ type reader struct {
 
 // inbound is the part of a session that its reader owns.
 type inbound struct {
-	queued   bool   // lines queued since the session was last woken
-	deferred int    // data lines queued without a wake (queueDataLine)
-	token    string // the token of the last data line: one copy per message
+	queued bool   // lines queued since the session was last woken
+	token  string // the token of the last data line: one copy per message
 }
 
 func (g *Gateway) newReader(in io.Reader) *reader {
@@ -131,28 +130,7 @@ func (r *reader) dataLine(raw []byte, d *protocol.DataLine) {
 	if t := s.trace.Load(); t != nil {
 		t.dataLine("filter line in", raw, len(d.Param))
 	}
-	it := item{version: d.Version, token: s.in.token, param: r.arena.String(d.Param)}
-	if len(d.Param) == 1 && d.Param[0] == '.' {
-		r.queue(s, it)
-		return
-	}
-	r.queueDataLine(s, it)
-}
-
-// queueDataLine queues a data line other than the final "." and wakes the
-// session only once a block of them has gathered. Nothing waits on a data
-// line but its message's ".", and smtpd relays a message about one line
-// per read of stdin under load: a wake-up per line (the goroutine switch,
-// often a thread wake-up) was the largest cost of a 100 KB message. The
-// block bounds what waits in the inbox; any other line, and ".", wakes the
-// session, which takes the lines in order.
-func (r *reader) queueDataLine(s *session, it item) {
-	s.lastActive.Store(r.now)
-	s.q.add(it)
-	if s.in.deferred++; s.in.deferred >= blockItems && !s.in.queued {
-		s.in.queued = true
-		r.toWake = append(r.toWake, s)
-	}
+	r.queue(s, item{version: d.Version, token: s.in.token, param: r.arena.String(d.Param)})
 }
 
 // queue hands an item to its session, to be woken before the next read.
@@ -168,7 +146,7 @@ func (r *reader) queue(s *session, it item) {
 // wakeQueued wakes the sessions that got lines since it last ran.
 func (r *reader) wakeQueued() {
 	for i, s := range r.toWake {
-		s.in.queued, s.in.deferred = false, 0
+		s.in.queued = false
 		s.q.wake()
 		r.toWake[i] = nil
 	}
