@@ -132,17 +132,9 @@ func TestPatchSwallowedEmptyBody(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, step := range []func() (Verdict, error){
-				func() (Verdict, error) { return s.Connect("h", FamilyInet, 1, "192.0.2.1") },
-				func() (Verdict, error) { return s.Helo("h") },
-				func() (Verdict, error) { return s.Mail("a@b", nil) },
-				func() (Verdict, error) { return s.Rcpt("c@d", nil) },
-				s.Data,
-				s.EndOfHeaders,
-			} {
-				if _, err := step(); err != nil {
-					t.Fatal(err)
-				}
+			playEnvelope(t, s)
+			if _, err := s.EndOfHeaders(); err != nil {
+				t.Fatal(err)
 			}
 			v, _, err := s.End(nil)
 			if err != nil {
@@ -356,5 +348,22 @@ func TestGoMilterWritePattern(t *testing.T) {
 	}
 	if len(nc.writes) != 1 || !bytes.Equal(nc.writes[0], emptyBody) {
 		t.Errorf("go-milter wrote an empty body as %q; skipEmptyBody drops one Write of exactly %q", nc.writes, emptyBody)
+	}
+}
+
+// playEnvelope sends CONNECT, HELO, MAIL, RCPT and DATA on s, each of
+// which must succeed.
+func playEnvelope(t *testing.T, s *Session) {
+	t.Helper()
+	for _, step := range []func() (Verdict, error){
+		func() (Verdict, error) { return s.Connect("h", FamilyInet, 1, "192.0.2.1") },
+		func() (Verdict, error) { return s.Helo("h") },
+		func() (Verdict, error) { return s.Mail("a@b", nil) },
+		func() (Verdict, error) { return s.Rcpt("c@d", nil) },
+		s.Data,
+	} {
+		if _, err := step(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

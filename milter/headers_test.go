@@ -57,17 +57,7 @@ func wholeMessage(t *testing.T, protocol uint32, headerReplies [][]byte, fields 
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, step := range []func() (Verdict, error){
-		func() (Verdict, error) { return s.Connect("h", FamilyInet, 1, "192.0.2.1") },
-		func() (Verdict, error) { return s.Helo("h") },
-		func() (Verdict, error) { return s.Mail("a@b", nil) },
-		func() (Verdict, error) { return s.Rcpt("c@d", nil) },
-		s.Data,
-	} {
-		if _, err := step(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	playEnvelope(t, s)
 	hv, err := s.Headers(yieldFields(fields))
 	if err != nil {
 		t.Fatalf("Headers: %v", err)
