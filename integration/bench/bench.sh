@@ -160,8 +160,9 @@ if [ -n "$BASELINE" ]; then
 fi
 chmod 755 "$W"/bin/*
 
-# free TCP ports on 127.0.0.1, from 28700 up
-NEXTPORT=28700
+# free TCP ports on 127.0.0.1, from 28700 up, from a random start: runs at
+# once probe apart (a port probed free may be taken before its server binds)
+NEXTPORT=$((28700 + RANDOM % 50 * 20))
 freeport() { # freeport VAR: sets VAR (not in a subshell: NEXTPORT must advance)
 	while ss -Hltn "sport = :$NEXTPORT" | grep . >/dev/null; do NEXTPORT=$((NEXTPORT + 1)); done
 	printf -v "$1" %d "$NEXTPORT"

@@ -11,8 +11,8 @@
 // With -reports it also registers every report event filter-milter
 // registers, and reads and drops them: smtpd then writes the report stream
 // a milter bridge needs (the connection's addresses, greeting, TLS, AUTH,
-// transaction begin and end), and the floor's CPU includes smtpd's cost of
-// writing it. That is the least a milter bridge on smtpd can cost before
+// transaction begin and end, the client's commands), and the floor's CPU
+// includes smtpd's cost of writing it. That is the least a milter bridge on smtpd can cost before
 // it talks to any milter (bench.sh's setup Br, "the limit of a milter
 // bridge").
 //
