@@ -470,7 +470,7 @@ perfcheck() { # sets PERF_WHY, empty when perf can count system calls per cgroup
 	fi
 	rmdir "$UNI/${CGP}perfcheck" 2>/dev/null || true
 }
-ucgroup() { # ucgroup NAME PID: move process PID (all its threads) into cgroup v2 group ${CGP}NAME
+ucgroup() { # ucgroup NAME PID: move process PID (all its threads) into cgroup v2 group (this run's prefix)NAME
 	mkdir -p "$UNI/${CGP}$1"
 	UCGROUPS+=("${CGP}$1")
 	echo "$2" >"$UNI/${CGP}$1/cgroup.procs"
