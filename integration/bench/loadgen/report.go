@@ -995,7 +995,7 @@ func countersSection(w *mdWriter, m map[string]string, get getter, ctr map[strin
 		w.p("")
 		return
 	}
-	w.p("| size | setup | milter round trips/msg | milter's write calls/msg | milter system calls/msg | filter system calls/msg | filter read+write calls/msg | filter wake-ups/msg | filter threads | filter CPU ms/msg | milter CPU ms/msg | msgs/s in the counter run (× timed median) |")
+	w.p("| size | setup | milter round trips/msg | milter's write calls/msg | milter system calls/msg | filter system calls/msg | filter read+write calls/msg | filter wake-ups/msg | filter threads | filter CPU ms/msg | milter CPU ms/msg | msgs/s while counted (× timed median) |")
 	w.p("|---|---|---|---|---|---|---|---|---|---|---|---|")
 	names := map[string]string{"M": "M: filter-milter + null milter, every stage", "Me": "Me: filter-milter + null milter, end of message only", "B": "B: floor filter", "Br": "Br: floor filter with reports"}
 	f1 := func(v float64, ok bool) string {
@@ -1015,7 +1015,7 @@ func countersSection(w *mdWriter, m map[string]string, get getter, ctr map[strin
 			milter := id == "M" || id == "Me"
 			threads := fmt.Sprintf("%d", c.threads1)
 			if c.threadsChanged {
-				threads = fmt.Sprintf("%d → %d (changed during a run: wake-ups of threads gone are missing)", c.threads0, c.threads1)
+				threads = fmt.Sprintf("%d → %d (changed during a run: the switches of a thread that ended are missing)", c.threads0, c.threads1)
 			}
 			cpuF, cpuM, rel := "", "", ""
 			if s := get(id, size); s != nil {

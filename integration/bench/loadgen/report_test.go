@@ -68,7 +68,7 @@ func TestReportTargetsAndCounters(t *testing.T) {
 		"smtpd's cost of the report stream (Br − B, MTA without the filter) 0.20 ms/msg",
 		"| filter-milter's own CPU/msg ≤ Postfix's milter-client cost, opendkim (unix), 2 KB (Ku's filter process / (Pu − E), MTA only) | 0.83 (0.50 vs 0.60 ms/msg) | **met** |",
 		"M − B 1.25 ms/msg of CPU (MTA + milter): smtpd's report stream 0.20; null milter 0.25; filter-milter above the floor filter with the same reports (M − Br, filter process) 0.55; smtpd beside filter-milter above smtpd beside that floor (M − Br, MTA without the filter process) 0.20",
-		"| 2 KB | M: filter-milter + null milter, every stage | 11.0 | 6.0 | 40.0 | 90.0 | 5.0 | 25.0 | 9 → 10 (changed during a run: wake-ups of threads gone are missing) | 0.80 | 0.25 | 1000 (2.00) |",
+		"| 2 KB | M: filter-milter + null milter, every stage | 11.0 | 6.0 | 40.0 | 90.0 | 5.0 | 25.0 | 9 → 10 (changed during a run: the switches of a thread that ended are missing) | 0.80 | 0.25 | 1000 (2.00) |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("the report lacks\n%s", want)
