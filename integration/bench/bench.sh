@@ -1,7 +1,7 @@
 #!/bin/bash
 # integration/bench/bench.sh — filter-milter's performance measurements, written
 # to docs/benchmarks.md. Run as root on Debian bookworm, from the repository
-# (make bench). About 12-15 minutes. It installs what it needs with apt-get
+# (make bench). About 16-20 minutes. It installs what it needs with apt-get
 # (libmilter-dev, opensmtpd-filter-dkimsign) and unpacks Postfix with
 # `apt-get download postfix` + `dpkg -x` into its work directory (the
 # Debian package conflicts with opensmtpd), creating the system user
