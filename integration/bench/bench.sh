@@ -1,7 +1,7 @@
 #!/bin/bash
 # integration/bench/bench.sh — filter-milter's performance measurements, written
 # to docs/benchmarks.md. Run as root on Debian bookworm, from the repository
-# (make bench). About 12-15 minutes. It installs what it needs with apt-get
+# (make bench). About 16-20 minutes. It installs what it needs with apt-get
 # (libmilter-dev, opensmtpd-filter-dkimsign) and unpacks Postfix with
 # `apt-get download postfix` + `dpkg -x` into its work directory (the
 # Debian package conflicts with opensmtpd), creating the system user
@@ -12,10 +12,31 @@
 #      libmilter null milter on unix and inet sockets; a CPU profile of the
 #      gateway in process; memory with 1,000 concurrent sessions.
 #   3. End to end, acceptance only (smtpd's mda and mta paused, Postfix's
-#      mail put on hold): smtpd without filter, with the floor filter, with
-#      filter-milter + null milter, with filter-milter + opendkim (unix and
-#      inet), with filter-dkimsign; Postfix without milter and with opendkim
-#      (unix). smtp-source from the Postfix package is the client.
+#      mail put on hold), smtp-source from the Postfix package the client.
+#      Setups: A smtpd without filter; B with the floor filter; Br with the
+#      floor filter registering filter-milter's report events too (smtpd's
+#      cost of the report stream; B, Br and M's null milter give the limit of
+#      a milter bridge); M filter-milter + null milter (every stage); Me
+#      filter-milter + null milter asking for end of message only; Ku and Ki
+#      filter-milter + opendkim (unix, inet); C filter-dkimsign; E Postfix
+#      without milter; Pu Postfix + opendkim (unix).
+#      Per-message counters for B, Br, M and Me (their own run, see
+#      BENCH_COUNTERS; the filter and the milter each in a cgroup v2 group of
+#      their own, so threads started later are counted too):
+#        milter_write, milter_writev, milter_sendmsg  the milter's calls
+#                        (perf tracepoints syscalls:sys_enter_*): libmilter
+#                        writes each reply with one writev, so writev +
+#                        sendmsg are the milter round trips; its write calls
+#                        wake its own poll loop (worker pool pipe)
+#        milter_syscalls, filter_syscalls  all system calls
+#                        (perf raw_syscalls:sys_enter)
+#        filter_syscr, filter_syscw  read and write calls from /proc/PID/io
+#                        (a cross-check of filter_syscalls)
+#        filter_vcsw     voluntary context switches summed over
+#                        /proc/PID/task/*/status: each ends a sleep that a
+#                        wake-up ends (threads alive at both ends of the run)
+#        filter_threads0, filter_threads1  the filter's threads before, after
+#      perf fields are 0 when perf cannot count per cgroup (the report says so).
 #   4. With BENCH_BASELINE: the same tree's filter-milter against the one
 #      built from that revision, in the same run, interleaved: loadgen (the
 #      pipe harness, null milter) and end to end (setup Mo, the baseline
@@ -34,7 +55,11 @@
 #   BENCH_SKIP=a,b       skip parts: gobench, loadgen, profile, memory, e2e, compare
 #   BENCH_BASELINE=REV   a git revision (commit, tag, branch) of filter-milter to
 #                        measure against the current tree (part 4)
-#   BENCH_E2E_IDS="M Mo" the end-to-end setups to run (default all: A B M Ku Ki C E Pu,
+#   BENCH_COUNTERS=MODE  the per-message counters: extra (default: one more run per
+#                        size for B Br M Me, not part of the timed medians, since
+#                        perf's syscall tracepoints slow every system call on the
+#                        machine), timed (in every timed run of those setups), off
+#   BENCH_E2E_IDS="M Mo" the end-to-end setups to run (default all: A B Br M Me Ku Ki C E Pu,
 #                        and Mo with BENCH_BASELINE). Old against new alone, quickly:
 #     BENCH_BASELINE=main BENCH_SKIP=gobench,loadgen,profile,memory BENCH_E2E_IDS="M Mo" integration/bench/bench.sh
 set -euo pipefail
@@ -50,6 +75,8 @@ MEM_SESSIONS=${BENCH_MEM_SESSIONS:-1000}
 MEM_SIZE=${BENCH_MEM_SIZE:-10MB}
 SKIP=",${BENCH_SKIP:-},"
 BASELINE=${BENCH_BASELINE:-}
+CTR_MODE=${BENCH_COUNTERS:-extra}
+case $CTR_MODE in extra | timed | off) ;; *) echo "bench.sh: BENCH_COUNTERS is extra, timed or off" >&2; exit 1 ;; esac
 export PATH=/usr/local/go/bin:$PATH:/usr/sbin:/sbin
 export GOFLAGS=${GOFLAGS:-}
 
@@ -58,8 +85,13 @@ chmod 755 "$W"
 mkdir -p "$W"/{bin,run,logs,res,keys,cfg,spool}
 chmod 777 "$W/run"
 CG=/sys/fs/cgroup/cpuacct
+# cgroup names are the run's own: two runs at once must not add up each
+# other's CPU (or count each other's processes) in a group of the same name
+CGP=fmbench_${W##*.}_
 PIDS=()          # every daemon this script started, stopped by PID at the end
 CGROUPS=()
+UNI=/sys/fs/cgroup/unified # cgroup v2, for perf's per-cgroup counting (perf stat -G)
+UCGROUPS=()
 START_TS=$(date +%s)
 CMDLINE="integration/bench/bench.sh $*"
 log() { printf '%s %s\n' "$(date +%T)" "$*" | tee -a "$W/logs/bench.log" >&2; }
@@ -82,6 +114,10 @@ cleanup() {
 	for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null; done
 	sleep 0.3
 	for c in "${CGROUPS[@]:-}"; do [ -n "$c" ] && rmdir "$CG/$c" 2>/dev/null; done
+	# a filter process leaves with its smtpd, a moment after it
+	for c in "${UCGROUPS[@]:-}"; do
+		for _ in $(seq 20); do [ -z "$c" ] || rmdir "$UNI/$c" 2>/dev/null && break; sleep 0.1; done
+	done
 	if [ "${BENCH_KEEP:-}" = 1 ]; then log "work directory kept: $W"; else rm -rf "$W"; fi
 }
 PFNS=()
@@ -124,23 +160,24 @@ if [ -n "$BASELINE" ]; then
 fi
 chmod 755 "$W"/bin/*
 
-# free TCP ports on 127.0.0.1, from 28700 up
-NEXTPORT=28700
+# free TCP ports on 127.0.0.1, from 28700 up, from a random start: runs at
+# once probe apart (a port probed free may be taken before its server binds)
+NEXTPORT=$((28700 + RANDOM % 50 * 20))
 freeport() { # freeport VAR: sets VAR (not in a subshell: NEXTPORT must advance)
 	while ss -Hltn "sport = :$NEXTPORT" | grep . >/dev/null; do NEXTPORT=$((NEXTPORT + 1)); done
 	printf -v "$1" %d "$NEXTPORT"
 	NEXTPORT=$((NEXTPORT + 1))
 }
 cgroup() { # cgroup NAME: a cpuacct group for a process tree
-	mkdir -p "$CG/fmbench_$1"
-	CGROUPS+=("fmbench_$1")
+	mkdir -p "$CG/${CGP}$1"
+	CGROUPS+=("${CGP}$1")
 }
-cgusage() { cat "$CG/fmbench_$1/cpuacct.usage"; }
+cgusage() { cat "$CG/${CGP}$1/cpuacct.usage"; }
 # incg NAME CMD...: run CMD in the background inside cgroup NAME; sets $BGPID
 incg() {
 	local g=$1
 	shift
-	sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG/fmbench_$g" "$@" &
+	sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG/${CGP}$g" "$@" &
 	BGPID=$!
 	disown "$BGPID" # no job notices when cleanup stops it
 	PIDS+=("$BGPID")
@@ -389,7 +426,7 @@ busyticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; } # all C
 filtercpu() {
 	local t=0 p c
 	[ "${KIND[$1]}" = smtpd ] || { echo 0; return; }
-	for p in $(cat "$CG/fmbench_srv_$1/cgroup.procs" 2>/dev/null); do
+	for p in $(cat "$CG/${CGP}srv_$1/cgroup.procs" 2>/dev/null); do
 		c=$(cat "/proc/$p/comm" 2>/dev/null) || continue
 		case $c in smtpd | sh | unshare) continue ;; esac
 		[ -r "/proc/$p/stat" ] || continue
@@ -408,13 +445,96 @@ purge() {
 	for _ in $(seq 100); do [ "$(queued "$1")" = 0 ] && return 0; sleep 0.05; done
 }
 
+# ---- per-message counters of the filter (and milter) of setups B Br M Me
+# perf counts system calls per cgroup v2 group (perf stat -a -G): the
+# filter process and the milter are moved into groups of their own after
+# the warm-up, so threads they start later are counted too (perf stat -p
+# would count only the threads alive when it attaches; libmilter starts a
+# thread per connection). perf starts with its events disabled and is
+# enabled and disabled through its control fifo around exactly the
+# measured window.
+declare -A FPID MPID
+CTR_IDS=" B Br M Me "
+PERF_WHY=""
+perfcheck() { # sets PERF_WHY, empty when perf can count system calls per cgroup
+	local out
+	if ! command -v perf >/dev/null; then PERF_WHY="perf not installed"; return; fi
+	if ! out=$(perf stat -x, -e raw_syscalls:sys_enter true 2>&1) || ! grep -q ',raw_syscalls:sys_enter,' <<<"$out"; then
+		PERF_WHY="perf stat -e raw_syscalls:sys_enter fails: $(head -1 <<<"$out")"
+		return
+	fi
+	if [ ! -w "$UNI/cgroup.procs" ]; then PERF_WHY="no cgroup v2 hierarchy at $UNI"; return; fi
+	mkdir -p "$UNI/${CGP}perfcheck"
+	if ! out=$(perf stat -x, -a -e raw_syscalls:sys_enter -G ${CGP}perfcheck true 2>&1) || ! grep -q ",${CGP}perfcheck," <<<"$out"; then
+		PERF_WHY="perf stat -a -G fails: $(head -1 <<<"$out")"
+	fi
+	rmdir "$UNI/${CGP}perfcheck" 2>/dev/null || true
+}
+ucgroup() { # ucgroup NAME PID: move process PID (all its threads) into cgroup v2 group (this run's prefix)NAME
+	mkdir -p "$UNI/${CGP}$1"
+	UCGROUPS+=("${CGP}$1")
+	echo "$2" >"$UNI/${CGP}$1/cgroup.procs"
+}
+filterpid() { # filterpid ID: the PID of smtpd setup ID's filter process
+	local p c
+	for p in $(cat "$CG/${CGP}srv_$1/cgroup.procs" 2>/dev/null); do
+		c=$(cat "/proc/$p/comm" 2>/dev/null) || continue
+		case $c in filter-milter | floorfilter) echo "$p" && return ;; esac
+	done
+}
+procctr() { # procctr PID: "syscr syscw voluntary-switches threads" (threads alive now)
+	local r w
+	r=$(awk '/^syscr:/{print $2}' "/proc/$1/io" 2>/dev/null)
+	w=$(awk '/^syscw:/{print $2}' "/proc/$1/io" 2>/dev/null)
+	echo "${r:-0} ${w:-0} $(cat "/proc/$1"/task/*/status 2>/dev/null | awk '/^voluntary_ctxt_switches:/{v+=$2; n++} END{print v+0, n+0}')"
+}
+PERFPID="" PCTL="" PACK=""
+perfctl() { # perfctl enable|disable: and wait for perf's ack
+	echo "$1" >&"$PCTL"
+	read -r -t 10 _ <&"$PACK" || log "perf: no ack to $1"
+}
+perfstart() { # perfstart ID FILE: perf on ID's filter (and milter) groups, enabled
+	local id=$1 ev=raw_syscalls:sys_enter cg=${CGP}f_$1 e
+	if [ -n "${MPID[$id]:-}" ]; then
+		for e in raw_syscalls:sys_enter syscalls:sys_enter_write syscalls:sys_enter_writev syscalls:sys_enter_sendmsg; do
+			ev+=",$e" cg+=",${CGP}m_$id"
+		done
+	fi
+	rm -f "$W/run/perf.ctl" "$W/run/perf.ack"
+	mkfifo "$W/run/perf.ctl" "$W/run/perf.ack"
+	# read-write opens: they do not block if perf never opens its ends
+	exec {PCTL}<>"$W/run/perf.ctl" {PACK}<>"$W/run/perf.ack"
+	perf stat -x, -o "$2" -a -D -1 --control "fifo:$W/run/perf.ctl,$W/run/perf.ack" -e "$ev" -G "$cg" >>"$W/logs/perf.log" 2>&1 &
+	PERFPID=$!
+	perfctl enable
+}
+perfstop() { # and wait for perf to write its file
+	perfctl disable
+	kill -INT "$PERFPID" 2>/dev/null || true
+	wait "$PERFPID" || true
+	exec {PCTL}>&- {PACK}>&-
+}
+perfval() { # perfval FILE EVENT GROUP: a count of perf stat -x, output, 0 if none
+	awk -F, -v e="$2" -v g="$3" '$3 == e && $4 == g { v = ($1 ~ /^[0-9]+$/) ? $1 : 0; f = 1 } END { print f ? v : 0 }' "$1" 2>/dev/null || echo 0
+}
+
 # e2erun ID SIZE COUNT REP: 2 smtp-source processes x 5 sessions, 20 ms
 # apart (smtpd 6.8 listens with a backlog of 5), many messages per session.
+# REP 0 is a counter run (BENCH_COUNTERS=extra), left out of the timed medians.
 e2erun() {
 	local id=$1 size=$2 count=$3 rep=$4 half err="" t0 t1 c0 c1 m0=0 m1=0 n sig="" o0 o1 b0 b1 f0 f1
+	local ctr=0 pf="" p0=(0 0 0 0) p1=(0 0 0 0) mw=0 mwv=0 msm=0 msc=0 fsc=0
 	half=$((count / 2))
 	purge "$id"
 	sleep 0.5
+	if [ -n "${FPID[$id]:-}" ] && { [ "$CTR_MODE" = extra ] && [ "$rep" = 0 ] || [ "$CTR_MODE" = timed ]; }; then
+		ctr=1
+		read -r -a p0 <<<"$(procctr "${FPID[$id]}")"
+		if [ -z "$PERF_WHY" ]; then
+			pf=$W/res/perf-$id-$size-$rep.txt
+			perfstart "$id" "$pf"
+		fi
+	fi
 	c0=$(cgusage "srv_$id")
 	[ -n "${MILTERCG[$id]:-}" ] && m0=$(cgusage "${MILTERCG[$id]}")
 	o0=$(overflows)
@@ -442,6 +562,17 @@ e2erun() {
 	c1=$(cgusage "srv_$id")
 	f1=$(filtercpu "$id")
 	[ -n "${MILTERCG[$id]:-}" ] && m1=$(cgusage "${MILTERCG[$id]}")
+	if [ $ctr = 1 ]; then
+		if [ -n "$pf" ]; then
+			perfstop
+			fsc=$(perfval "$pf" raw_syscalls:sys_enter "${CGP}f_$id")
+			msc=$(perfval "$pf" raw_syscalls:sys_enter "${CGP}m_$id")
+			mw=$(perfval "$pf" syscalls:sys_enter_write "${CGP}m_$id")
+			mwv=$(perfval "$pf" syscalls:sys_enter_writev "${CGP}m_$id")
+			msm=$(perfval "$pf" syscalls:sys_enter_sendmsg "${CGP}m_$id")
+		fi
+		read -r -a p1 <<<"$(procctr "${FPID[$id]}")"
+	fi
 	if [ -s "$W/logs/src-$id-a" ] || [ -s "$W/logs/src-$id-b" ]; then
 		err="${err:+$err; }smtp-source: $(cat "$W/logs/src-$id-a" "$W/logs/src-$id-b" | head -2 | tr '\n' ' ')"
 	fi
@@ -449,19 +580,21 @@ e2erun() {
 	[ "$n" = "$((2 * half))" ] || err="${err:+$err; }$n messages queued, want $((2 * half))"
 	# grep reads everything (no -q): with pipefail an early exit would fail the pipe
 	if [ "$(onemsg "$id" | grep -a -c 'DKIM-Signature: v=1')" != 0 ]; then sig=yes; else sig=no; fi
-	printf '{"id":"%s","size":%d,"count":%d,"rep":%d,"ns":%d,"srv_cpu_ns":%d,"milter_cpu_ns":%d,"filter_cpu_ns":%d,"machine_busy_ns":%d,"queued":%d,"dkim":"%s","overflows":%d,"error":"%s"}\n' \
+	printf '{"id":"%s","size":%d,"count":%d,"rep":%d,"ns":%d,"srv_cpu_ns":%d,"milter_cpu_ns":%d,"filter_cpu_ns":%d,"machine_busy_ns":%d,"queued":%d,"dkim":"%s","overflows":%d,"error":"%s","ctr":%d,"milter_write":%d,"milter_writev":%d,"milter_sendmsg":%d,"milter_syscalls":%d,"filter_syscalls":%d,"filter_syscr":%d,"filter_syscw":%d,"filter_vcsw":%d,"filter_threads0":%d,"filter_threads1":%d}\n' \
 		"$id" "$size" "$((2 * half))" "$rep" "$((t1 - t0))" "$((c1 - c0))" "$((m1 - m0))" "$(((f1 - f0) * 10000000))" "$(((b1 - b0) * 10000000))" "$n" "$sig" "$((o1 - o0))" "$(echo "$err" | tr -d '"\\')" \
+		"$ctr" "$mw" "$mwv" "$msm" "$msc" "$fsc" "$((p1[0] - p0[0]))" "$((p1[1] - p0[1]))" "$((p1[2] - p0[2]))" "${p0[3]}" "${p1[3]}" \
 		>>"$W/res/e2e.jsonl"
 	log "e2e $id ${size}B rep $rep: $((2 * half)) msgs in $(((t1 - t0) / 1000000)) ms, CPU srv $(((c1 - c0) / 1000000)) ms + milter $(((m1 - m0) / 1000000)) ms, queued $n, dkim $sig, listen overflows $((o1 - o0)) ${err:+ERROR $err}"
+	if [ $ctr = 1 ]; then log "  counters $id: milter write $mw writev $mwv sendmsg $msm, milter syscalls $msc, filter syscalls $fsc, syscr $((p1[0] - p0[0])), syscw $((p1[1] - p0[1])), voluntary switches $((p1[2] - p0[2])), threads ${p0[3]} -> ${p1[3]}"; fi
 }
 
 if ! skip e2e; then
 	log "end to end: starting the MTAs"
 	FM=$W/bin/filter-milter
-	IDS=(A B M ${BASELINE:+Mo} Ku Ki C E Pu)
+	IDS=(A B Br M Me ${BASELINE:+Mo} Ku Ki C E Pu)
 	if [ -n "${BENCH_E2E_IDS:-}" ]; then read -r -a IDS <<<"$BENCH_E2E_IDS"; fi
 	for id in "${IDS[@]}"; do
-		case $id in A | B | M | Mo | Ku | Ki | C | E | Pu) ;; *) echo "bench.sh: unknown setup $id in BENCH_E2E_IDS" >&2; exit 1 ;; esac
+		case $id in A | B | Br | M | Me | Mo | Ku | Ki | C | E | Pu) ;; *) echo "bench.sh: unknown setup $id in BENCH_E2E_IDS" >&2; exit 1 ;; esac
 	done
 	want() { [[ " ${IDS[*]} " == *" $1 "* ]]; }
 	# if, not &&: a start that fails must stop the script (set -e)
@@ -469,7 +602,14 @@ if ! skip e2e; then
 	if want B; then start_smtpd B "filter \"f\" proc-exec \"$W/bin/floorfilter\""; fi
 	if want M; then
 		start_smtpd M "filter \"f\" proc-exec \"$FM -milter unix:$W/run/null-e2e.sock\""
-		MILTERCG[M]=null_e2e
+		MILTERCG[M]=null_e2e MPID[M]=$PID_null_e2e
+	fi
+	# the limit of a milter bridge: the floor filter with filter-milter's report stream
+	if want Br; then start_smtpd Br "filter \"f\" proc-exec \"$W/bin/floorfilter -reports\""; fi
+	# the null milter asking for end of message only (one round trip per message)
+	if want Me; then
+		start_smtpd Me "filter \"f\" proc-exec \"$FM -milter unix:$W/run/null-eom.sock\""
+		MILTERCG[Me]=null_eom MPID[Me]=$PID_null_eom
 	fi
 	if want Mo; then
 		[ -n "$BASELINE" ] || { echo "bench.sh: setup Mo needs BENCH_BASELINE" >&2; exit 1; }
@@ -492,6 +632,21 @@ if ! skip e2e; then
 	fi
 	# one warm-up message each (first connections, filter start-up)
 	for id in "${IDS[@]}"; do SMTPSOURCE -l 2048 -m 2 -s 1 -f sender@bench.example -t rcpt@bench.example "127.0.0.1:${PORT[$id]}" >/dev/null 2>&1 || log "warm-up $id failed"; done
+	# the counted filters and milters into cgroup v2 groups of their own (perf -G)
+	if [ "$CTR_MODE" != off ]; then
+		perfcheck
+		[ -z "$PERF_WHY" ] || log "counters without perf: $PERF_WHY"
+		for id in "${IDS[@]}"; do
+			[[ "$CTR_IDS" == *" $id "* ]] || continue
+			p=$(filterpid "$id")
+			if [ -z "$p" ]; then log "counters: no filter process in setup $id" && continue; fi
+			FPID[$id]=$p
+			if [ -z "$PERF_WHY" ]; then
+				ucgroup "f_$id" "$p"
+				if [ -n "${MPID[$id]:-}" ]; then ucgroup "m_$id" "${MPID[$id]}"; fi
+			fi
+		done
+	fi
 	for rep in $(seq "$REPS"); do
 		# rotate the order every repetition; sizes alternate
 		n=${#IDS[@]}
@@ -506,6 +661,13 @@ if ! skip e2e; then
 			fi
 		done
 	done
+	if [ "$CTR_MODE" = extra ]; then
+		for id in "${IDS[@]}"; do
+			[ -n "${FPID[$id]:-}" ] || continue
+			e2erun "$id" 2048 "$N2K" 0
+			e2erun "$id" 102400 "$N100K" 0
+		done
+	fi
 	for id in "${IDS[@]}"; do purge "$id"; done
 	grep -h -i -E 'fatal|lost processor|panic|warn|error' "$W"/logs/smtpd-*.log "$W"/logs/postfix-*.maillog 2>/dev/null |
 		grep -v -E 'not owned by|not set-gid|purge_task: opendir' | head -20 >"$W/res/e2e-log-trouble.txt" || true
@@ -527,6 +689,8 @@ DIRTY=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -v '^??' | wc -l ||
 	echo "libmilter=$(dpkg-query -W -f '${Version}' libmilter-dev)"
 	echo "dkimsign=$(dpkg-query -W -f '${Version}' opensmtpd-filter-dkimsign)"
 	echo "postfix=$PFVER"
+	echo "counters_mode=$CTR_MODE"
+	echo "counters_perf=${PERF_WHY:-ok}"
 	echo "perf=$(perf stat -e instructions true 2>&1 | grep -E 'instructions' | sed 's/  */ /g' | head -1 || echo 'perf not installed')"
 	echo "commit=$COMMIT"
 	echo "baseline=${BASEREV:-}"

@@ -8,12 +8,22 @@
 // more buffered: the least work any filter on OpenSMTPD can do, and so
 // the lower bound the benchmarks measure filter-milter against.
 //
+// With -reports it also registers every report event filter-milter
+// registers, and reads and drops them: smtpd then writes the report stream
+// a milter bridge needs (the connection's addresses, greeting, TLS, AUTH,
+// transaction begin and end, the client's commands), and the floor's CPU
+// includes smtpd's cost of writing it. That is the least a milter bridge on smtpd can cost before
+// it talks to any milter (bench.sh's setup Br, "the limit of a milter
+// bridge").
+//
 //	filter "floor" proc-exec "/path/to/floorfilter"
+//	filter "floor" proc-exec "/path/to/floorfilter -reports"
 package main
 
 import (
 	"bufio"
 	"bytes"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -21,14 +31,21 @@ import (
 
 var phases = []string{"connect", "helo", "ehlo", "mail-from", "rcpt-to", "data", "data-line", "commit"}
 
+// reportEvents is what gateway/table.go's eventTable registers; the test
+// fails when the two differ.
+var reportEvents = []string{"link-connect", "link-greeting", "link-tls", "link-auth", "link-disconnect",
+	"tx-begin", "tx-reset", "tx-rollback", "protocol-client"}
+
 func main() {
-	if err := run(os.Stdin, os.Stdout); err != nil {
+	reports := flag.Bool("reports", false, "also register the report events filter-milter registers (and drop them)")
+	flag.Parse()
+	if err := run(os.Stdin, os.Stdout, *reports); err != nil {
 		fmt.Fprintln(os.Stderr, "floorfilter:", err)
 		os.Exit(1)
 	}
 }
 
-func run(stdin io.Reader, stdout io.Writer) error {
+func run(stdin io.Reader, stdout io.Writer, reports bool) error {
 	in := bufio.NewReaderSize(stdin, 64<<10)
 	out := bufio.NewWriterSize(stdout, 64<<10)
 	// The handshake: config lines until config|ready.
@@ -39,6 +56,11 @@ func run(stdin io.Reader, stdout io.Writer) error {
 		}
 		if string(line) == "config|ready\n" {
 			break
+		}
+	}
+	if reports {
+		for _, e := range reportEvents {
+			fmt.Fprintf(out, "register|report|smtp-in|%s\n", e)
 		}
 	}
 	for _, p := range phases {
