@@ -216,14 +216,14 @@ rspamd_before() {
 # scoping: the caller's locals), extra being the JSON fields
 # ,"rspamd_scanned":N,"rspamd_headers":"yes|no". A run fails if rspamd logged
 # fewer task lines than the messages sent (the warm-up is before the
-# offset), or, for Rm, if the queued message lacks X-Rspamd-Server. R's
+# offset), if a task made DNS requests, or, for Rm, if the queued message lacks X-Rspamd-Server. R's
 # headers are recorded, not required: filter-rspamd 0.1.7 writes only the
 # string-valued entries of rspamd's milter.add_headers (and ARC /
 # Authentication-Results from the object form), and rspamd 3.4 sends
 # X-Spamd-Result and the others as objects ({"order":..,"value":..}), so
 # they never reach the message.
 rspamd_after() {
-	local id=$1 sent=$2 name=${RSPAMD_OF[$1]:-} scanned hdr
+	local id=$1 sent=$2 name=${RSPAMD_OF[$1]:-} scanned hdr dns
 	[ -n "$name" ] || return 0
 	# rspamd writes the task line after the reply: wait for the last ones
 	for _ in $(seq 40); do
@@ -232,6 +232,10 @@ rspamd_after() {
 		sleep 0.05
 	done
 	[ "$scanned" -ge "$sent" ] || err="${err:+$err; }rspamd scanned $scanned of $sent messages"
+	# every module that asks DNS is off: a task that did anyway waited for
+	# 127.0.0.9, and the run measured that
+	dns=$(tail -c "+$((RSPAMD_LOGOFF[$id] + 1))" "$W/rspamd/$name/log/rspamd.log" | grep 'rspamd_task_write_log' | grep -c -v 'dns req: 0,' || true)
+	[ "$dns" = 0 ] || err="${err:+$err; }$dns rspamd tasks made DNS requests"
 	# grep reads everything (no -q): with pipefail an early exit would fail the pipe
 	if [ "$(onemsg "$id" | grep -a -c '^X-Rspamd-Server:')" != 0 ]; then hdr=yes; else hdr=no; fi
 	if [ "$id" = Rm ] && [ "$hdr" = no ]; then err="${err:+$err; }no X-Rspamd-Server header in a queued message"; fi

@@ -42,6 +42,8 @@ var setups = []struct{ id, name string }{
 	{"C", "OpenSMTPD + filter-dkimsign"},
 	{"E", "Postfix, no milter"},
 	{"Pu", "Postfix + opendkim (unix)"},
+	{"R", "OpenSMTPD + filter-rspamd + rspamd normal worker (HTTP)"},
+	{"Rm", "OpenSMTPD + filter-milter + rspamd proxy worker, milter, self_scan (inet)"},
 }
 
 // e2eStat is the medians of one setup at one size.
@@ -236,6 +238,7 @@ func report(dir, out string) error {
 			w.p("| filter-milter + opendkim (unix) ≥ 1.0 × Postfix + opendkim (unix), %s | %.2f (%.0f vs %.0f msgs/s) | %s |", sizeName(size), r, ku.rate, pu.rate, verdict(r >= 1.0))
 		}
 	}
+	rspamdTargets(&w, get)
 	best := 0.0
 	var bestWhat string
 	for _, n := range []string{"2k-unix", "2k-unix-100s", "2k-inet"} {
@@ -331,6 +334,7 @@ func report(dir, out string) error {
 		}
 		w.p("")
 	}
+	rspamdSection(&w, dir, get)
 	if b, err := os.ReadFile(filepath.Join(dir, "e2e-log-trouble.txt")); err == nil && len(strings.TrimSpace(string(b))) > 0 {
 		w.p("Lines of the MTA logs that mention an error or warning (first 20):")
 		w.p("")
