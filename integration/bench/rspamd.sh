@@ -80,7 +80,7 @@ level = "info";
 EOF
 }
 
-# rspamd_conf NAME normal|proxy PORT: NAME's top configuration file, with
+# rspamd_conf NAME normal|proxy SOCKET: NAME's top configuration file, with
 # one kind of worker: "normal" speaks HTTP (/checkv2), "proxy" the milter
 # protocol and scans by itself (self_scan); the rest is Debian's
 rspamd_conf() {
@@ -101,11 +101,11 @@ rspamd_conf() {
 		echo "}"
 		if [ "$2" = normal ]; then
 			echo "worker \"normal\" {"
-			echo "	bind_socket = \"127.0.0.1:$3\";"
+			echo "	bind_socket = \"$3\";"
 			echo "	mime = true;"
 		else
 			echo "worker \"rspamd_proxy\" {"
-			echo "	bind_socket = \"127.0.0.1:$3\";"
+			echo "	bind_socket = \"$3\";"
 			echo "	milter = yes;"
 			# self_scan belongs to the default upstream: without one,
 			# rspamd 3.4's proxy finds no "default" and drops the milter
@@ -130,48 +130,63 @@ rspamd_cmd() {
 	RSPAMD_CMD=(rspamd -f -u _rspamd -g _rspamd -c "$d/rspamd.conf" --var "LOCAL_CONFDIR=$W/rspamd/local"
 		--var "DBDIR=$d/db" --var "RUNDIR=$d/run" --var "LOGDIR=$d/log")
 }
-# rspamd_wait NAME PATTERN: wait (5 minutes at most) for a line of NAME's log
+# rspamd_wait NAME PID PATTERN: wait (5 minutes at most) for a line of
+# NAME's log, while its rspamd (PID) lives
 rspamd_wait() {
 	local log=$W/rspamd/$1/log/rspamd.log n
 	for _ in $(seq 1200); do
-		n=$(grep -c -- "$2" "$log" 2>/dev/null || true) # nothing while the log is missing
+		n=$(grep -c -- "$3" "$log" 2>/dev/null || true) # nothing while the log is missing
 		[ "${n:-0}" -gt 0 ] && return 0
+		kill -0 "$2" 2>/dev/null || { echo "bench.sh: rspamd $1 exited: $(tail -3 "$log" 2>/dev/null)" >&2; return 1; }
 		sleep 0.25
 	done
-	echo "bench.sh: no \"$2\" in $log after 5 minutes" >&2
+	echo "bench.sh: no \"$3\" in $log after 5 minutes" >&2
 	return 1
 }
 
 # rspamd_prime: compile the shared hyperscan cache once, with a throw-away
-# instance of the same configuration, so that every measured instance loads
-# the compiled regexps when it starts. Without it each instance starts on
-# PCRE while its hs_helper compiles (about 30 s of CPU here), and only normal
-# workers take the compiled database up afterwards: the proxy worker would
-# keep PCRE.
+# instance of the same configuration (on a unix socket: no port to lose
+# during its start-up), so that every measured instance loads the compiled
+# regexps when it starts. Without it each instance starts on PCRE while its
+# hs_helper compiles (about 30 s of CPU here), and only normal workers take
+# the compiled database up afterwards: the proxy worker would keep PCRE.
 rspamd_prime() {
-	local port p
-	freeport port
-	rspamd_conf prime normal "$port"
+	local p
+	rspamd_conf prime normal "$W/rspamd/prime/run/normal.sock"
 	rspamd_cmd prime
 	"${RSPAMD_CMD[@]}" >"$W/logs/rspamd-prime.out" 2>&1 &
 	p=$!
 	PIDS+=("$p")
-	rspamd_wait prime 'full hyperscan database of .* has been loaded'
+	rspamd_wait prime "$p" 'full hyperscan database of .* has been loaded'
 	kill "$p"
 	wait "$p" || true
 }
 
 # start_rspamd NAME normal|proxy: a measured rspamd instance in cgroup NAME,
-# listening on 127.0.0.1:RSPAMD_PORT_NAME
+# listening on 127.0.0.1:RSPAMD_PORT_NAME, started and ready (its main
+# process loaded the primed hyperscan cache before forking the workers). A
+# port found free can be taken by another program during the seconds rspamd
+# takes to bind it: then again on another one.
 start_rspamd() {
-	local port
-	freeport port
-	printf -v "RSPAMD_PORT_$1" %d "$port"
-	rspamd_conf "$1" "$2" "$port"
+	local port log=$W/rspamd/$1/log/rspamd.log
 	cgroup "$1"
-	rspamd_cmd "$1"
-	incg "$1" "${RSPAMD_CMD[@]}" >"$W/logs/$1.out" 2>&1
-	eval "PID_$1=$BGPID"
+	for _ in 1 2 3; do
+		freeport port
+		rspamd_conf "$1" "$2" "127.0.0.1:$port"
+		rm -f "$log"
+		rspamd_cmd "$1"
+		incg "$1" "${RSPAMD_CMD[@]}" >"$W/logs/$1.out" 2>&1
+		# a worker starts only once the socket is bound
+		if rspamd_wait "$1" "$BGPID" 'rspamd_handle_child_fork: starting'; then
+			grep -q 'full hyperscan database of .* has been loaded' "$log" ||
+				{ echo "bench.sh: rspamd $1 started without the hyperscan cache" >&2; return 1; }
+			printf -v "RSPAMD_PORT_$1" %d "$port"
+			eval "PID_$1=$BGPID"
+			return 0
+		fi
+		grep -q 'Address already in use' "$log" || return 1
+	done
+	return 1
 }
 
 # start_rspamd_setups: rspamd for the wanted ones of R and Rm, then their
@@ -180,19 +195,14 @@ declare -A RSPAMD_OF RSPAMD_LOGOFF
 start_rspamd_setups() {
 	rspamd_config
 	rspamd_prime
-	if want R; then start_rspamd rsp_r normal; fi
-	if want Rm; then start_rspamd rsp_rm proxy; fi
 	if want R; then
-		# loaded by the main process before it forks the workers
-		rspamd_wait rsp_r 'full hyperscan database of .* has been loaded'
-		waitsock "$RSPAMD_PORT_rsp_r"
+		start_rspamd rsp_r normal
 		start_smtpd R "filter \"f\" proc-exec \"/usr/libexec/opensmtpd/filter-rspamd -url http://127.0.0.1:$RSPAMD_PORT_rsp_r\""
 		MILTERCG[R]=rsp_r
 		RSPAMD_OF[R]=rsp_r
 	fi
 	if want Rm; then
-		rspamd_wait rsp_rm 'full hyperscan database of .* has been loaded'
-		waitsock "$RSPAMD_PORT_rsp_rm"
+		start_rspamd rsp_rm proxy
 		start_smtpd Rm "filter \"f\" proc-exec \"$FM -milter inet:127.0.0.1:$RSPAMD_PORT_rsp_rm\""
 		MILTERCG[Rm]=rsp_rm
 		RSPAMD_OF[Rm]=rsp_rm
@@ -234,7 +244,7 @@ rspamd_after() {
 	[ "$scanned" -ge "$sent" ] || err="${err:+$err; }rspamd scanned $scanned of $sent messages"
 	# every module that asks DNS is off: a task that did anyway waited for
 	# 127.0.0.9, and the run measured that
-	dns=$(tail -c "+$((RSPAMD_LOGOFF[$id] + 1))" "$W/rspamd/$name/log/rspamd.log" | grep 'rspamd_task_write_log' | grep -c -v 'dns req: 0,' || true)
+	dns=$(tail -c "+$((${RSPAMD_LOGOFF[$id]} + 1))" "$W/rspamd/$name/log/rspamd.log" | grep 'rspamd_task_write_log' | grep -c -v 'dns req: 0,' || true)
 	[ "$dns" = 0 ] || err="${err:+$err; }$dns rspamd tasks made DNS requests"
 	# grep reads everything (no -q): with pipefail an early exit would fail the pipe
 	if [ "$(onemsg "$id" | grep -a -c '^X-Rspamd-Server:')" != 0 ]; then hdr=yes; else hdr=no; fi
