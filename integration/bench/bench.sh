@@ -1,8 +1,9 @@
 #!/bin/bash
 # integration/bench/bench.sh — filter-milter's performance measurements, written
 # to docs/benchmarks.md. Run as root on Debian bookworm, from the repository
-# (make bench). About 16-20 minutes. It installs what it needs with apt-get
-# (libmilter-dev, opensmtpd-filter-dkimsign) and unpacks Postfix with
+# (make bench). About 20-25 minutes. It installs what it needs with apt-get
+# (libmilter-dev, opensmtpd-filter-dkimsign, rspamd,
+# opensmtpd-filter-rspamd) and unpacks Postfix with
 # `apt-get download postfix` + `dpkg -x` into its work directory (the
 # Debian package conflicts with opensmtpd), creating the system user
 # fmbench-pf and group fmbench-pd for it when missing.
@@ -20,6 +21,12 @@
 #      filter-milter + null milter asking for end of message only; Ku and Ki
 #      filter-milter + opendkim (unix, inet); C filter-dkimsign; E Postfix
 #      without milter; Pu Postfix + opendkim (unix).
+#      rspamd (integration/bench/rspamd.sh): R is smtpd + filter-rspamd
+#      (Debian's opensmtpd-filter-rspamd, HTTP to rspamd's normal worker), Rm
+#      smtpd + filter-milter + rspamd's proxy worker in milter mode with
+#      self_scan; each with its own rspamd (package rspamd) on the same
+#      configuration, no DNS, HTTP or redis checks, and every run checked for
+#      a scan per message (rspamd's log) and, for Rm, rspamd's headers.
 #      Per-message counters for B, Br, M and Me (their own run, see
 #      BENCH_COUNTERS; the filter and the milter each in a cgroup v2 group of
 #      their own, so threads started later are counted too):
@@ -59,7 +66,7 @@
 #                        size for B Br M Me, not part of the timed medians, since
 #                        perf's syscall tracepoints slow every system call on the
 #                        machine), timed (in every timed run of those setups), off
-#   BENCH_E2E_IDS="M Mo" the end-to-end setups to run (default all: A B Br M Me Ku Ki C E Pu,
+#   BENCH_E2E_IDS="M Mo" the end-to-end setups to run (default all: A B Br M Me Ku Ki C E Pu R Rm,
 #                        and Mo with BENCH_BASELINE). Old against new alone, quickly:
 #     BENCH_BASELINE=main BENCH_SKIP=gobench,loadgen,profile,memory BENCH_E2E_IDS="M Mo" integration/bench/bench.sh
 set -euo pipefail
@@ -128,7 +135,7 @@ log "work directory $W"
 need=()
 dpkg -s libmilter-dev >/dev/null 2>&1 || need+=(libmilter-dev)
 dpkg -s opensmtpd-filter-dkimsign >/dev/null 2>&1 || need+=(opensmtpd-filter-dkimsign)
-for t in opendkim opendkim-tools opensmtpd; do dpkg -s $t >/dev/null 2>&1 || need+=($t); done
+for t in opendkim opendkim-tools opensmtpd rspamd opensmtpd-filter-rspamd; do dpkg -s $t >/dev/null 2>&1 || need+=($t); done
 if [ ${#need[@]} -gt 0 ]; then
 	log "apt-get install ${need[*]}"
 	DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >"$W/logs/apt.log" 2>&1
@@ -420,6 +427,8 @@ onemsg() { # onemsg ID: one held message's text
 		nsenter -t "${NSPID[$1]}" -m sh -c "f=\$(find '$W/pf-$1/queue/hold' -type f | head -1); cat \"\$f\"" | tr -c '[:print:]\n\t' '\n'
 	fi
 }
+# the rspamd setups R and Rm: start_rspamd_setups, rspamd_before, rspamd_after
+. "$ROOT/integration/bench/rspamd.sh"
 busyticks() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9; exit}' /proc/stat; } # all CPUs, 1/100 s
 # filtercpu ID: CPU ticks (1/100 s) of the filter process of smtpd setup ID:
 # the processes of its cgroup that are not smtpd itself.
@@ -527,6 +536,8 @@ e2erun() {
 	half=$((count / 2))
 	purge "$id"
 	sleep 0.5
+	local extra="" # rspamd_after's JSON fields
+	rspamd_before "$id"
 	if [ -n "${FPID[$id]:-}" ] && { [ "$CTR_MODE" = extra ] && [ "$rep" = 0 ] || [ "$CTR_MODE" = timed ]; }; then
 		ctr=1
 		read -r -a p0 <<<"$(procctr "${FPID[$id]}")"
@@ -580,9 +591,10 @@ e2erun() {
 	[ "$n" = "$((2 * half))" ] || err="${err:+$err; }$n messages queued, want $((2 * half))"
 	# grep reads everything (no -q): with pipefail an early exit would fail the pipe
 	if [ "$(onemsg "$id" | grep -a -c 'DKIM-Signature: v=1')" != 0 ]; then sig=yes; else sig=no; fi
-	printf '{"id":"%s","size":%d,"count":%d,"rep":%d,"ns":%d,"srv_cpu_ns":%d,"milter_cpu_ns":%d,"filter_cpu_ns":%d,"machine_busy_ns":%d,"queued":%d,"dkim":"%s","overflows":%d,"error":"%s","ctr":%d,"milter_write":%d,"milter_writev":%d,"milter_sendmsg":%d,"milter_syscalls":%d,"filter_syscalls":%d,"filter_syscr":%d,"filter_syscw":%d,"filter_vcsw":%d,"filter_threads0":%d,"filter_threads1":%d}\n' \
+	rspamd_after "$id" "$((2 * half))"
+	printf '{"id":"%s","size":%d,"count":%d,"rep":%d,"ns":%d,"srv_cpu_ns":%d,"milter_cpu_ns":%d,"filter_cpu_ns":%d,"machine_busy_ns":%d,"queued":%d,"dkim":"%s","overflows":%d,"error":"%s","ctr":%d,"milter_write":%d,"milter_writev":%d,"milter_sendmsg":%d,"milter_syscalls":%d,"filter_syscalls":%d,"filter_syscr":%d,"filter_syscw":%d,"filter_vcsw":%d,"filter_threads0":%d,"filter_threads1":%d%s}\n' \
 		"$id" "$size" "$((2 * half))" "$rep" "$((t1 - t0))" "$((c1 - c0))" "$((m1 - m0))" "$(((f1 - f0) * 10000000))" "$(((b1 - b0) * 10000000))" "$n" "$sig" "$((o1 - o0))" "$(echo "$err" | tr -d '"\\')" \
-		"$ctr" "$mw" "$mwv" "$msm" "$msc" "$fsc" "$((p1[0] - p0[0]))" "$((p1[1] - p0[1]))" "$((p1[2] - p0[2]))" "${p0[3]}" "${p1[3]}" \
+		"$ctr" "$mw" "$mwv" "$msm" "$msc" "$fsc" "$((p1[0] - p0[0]))" "$((p1[1] - p0[1]))" "$((p1[2] - p0[2]))" "${p0[3]}" "${p1[3]}" "$extra" \
 		>>"$W/res/e2e.jsonl"
 	log "e2e $id ${size}B rep $rep: $((2 * half)) msgs in $(((t1 - t0) / 1000000)) ms, CPU srv $(((c1 - c0) / 1000000)) ms + milter $(((m1 - m0) / 1000000)) ms, queued $n, dkim $sig, listen overflows $((o1 - o0)) ${err:+ERROR $err}"
 	if [ $ctr = 1 ]; then log "  counters $id: milter write $mw writev $mwv sendmsg $msm, milter syscalls $msc, filter syscalls $fsc, syscr $((p1[0] - p0[0])), syscw $((p1[1] - p0[1])), voluntary switches $((p1[2] - p0[2])), threads ${p0[3]} -> ${p1[3]}"; fi
@@ -591,10 +603,10 @@ e2erun() {
 if ! skip e2e; then
 	log "end to end: starting the MTAs"
 	FM=$W/bin/filter-milter
-	IDS=(A B Br M Me ${BASELINE:+Mo} Ku Ki C E Pu)
+	IDS=(A B Br M Me ${BASELINE:+Mo} Ku Ki C E Pu R Rm)
 	if [ -n "${BENCH_E2E_IDS:-}" ]; then read -r -a IDS <<<"$BENCH_E2E_IDS"; fi
 	for id in "${IDS[@]}"; do
-		case $id in A | B | Br | M | Me | Mo | Ku | Ki | C | E | Pu) ;; *) echo "bench.sh: unknown setup $id in BENCH_E2E_IDS" >&2; exit 1 ;; esac
+		case $id in A | B | Br | M | Me | Mo | Ku | Ki | C | E | Pu | R | Rm) ;; *) echo "bench.sh: unknown setup $id in BENCH_E2E_IDS" >&2; exit 1 ;; esac
 	done
 	want() { [[ " ${IDS[*]} " == *" $1 "* ]]; }
 	# if, not &&: a start that fails must stop the script (set -e)
@@ -630,6 +642,7 @@ if ! skip e2e; then
 		start_postfix Pu "unix:$W/run/odk-pu.sock"
 		MILTERCG[Pu]=odk_pu
 	fi
+	if want R || want Rm; then start_rspamd_setups; fi
 	# one warm-up message each (first connections, filter start-up)
 	for id in "${IDS[@]}"; do SMTPSOURCE -l 2048 -m 2 -s 1 -f sender@bench.example -t rcpt@bench.example "127.0.0.1:${PORT[$id]}" >/dev/null 2>&1 || log "warm-up $id failed"; done
 	# the counted filters and milters into cgroup v2 groups of their own (perf -G)

@@ -61,6 +61,8 @@ var setups = []struct{ id, name string }{
 	{"C", "OpenSMTPD + filter-dkimsign"},
 	{"E", "Postfix, no milter"},
 	{"Pu", "Postfix + opendkim (unix)"},
+	{"R", "OpenSMTPD + filter-rspamd + rspamd normal worker (HTTP)"},
+	{"Rm", "OpenSMTPD + filter-milter + rspamd proxy worker, milter, self_scan (inet)"},
 }
 
 // e2eStat is the medians of one setup at one size.
@@ -287,6 +289,7 @@ func report(dir, out string) error {
 		}
 		w.p("")
 	}
+	rspamdSection(&w, dir, get)
 	if b, err := os.ReadFile(filepath.Join(dir, "e2e-log-trouble.txt")); err == nil && len(strings.TrimSpace(string(b))) > 0 {
 		w.p("Lines of the MTA logs that mention an error or warning (first 20):")
 		w.p("")
@@ -826,9 +829,9 @@ func targetsSection(w *mdWriter, dir string, m map[string]string, get getter, ct
 				sizeName(size), ku.filter-pf, mtaOnly(pu), mtaOnly(e)))
 		}
 	}
-	// rspamd targets: the rows of rspamdTargets (filter-milter + rspamd's proxy
-	// worker ≥ 1.2 × filter-rspamd + rspamd's normal worker, 2 KB and 100 KB)
-	// go here, with their missed-target lines appended to missed.
+	// filter-milter + rspamd's proxy worker ≥ 1.2 × filter-rspamd + rspamd's
+	// normal worker, 2 KB and 100 KB
+	missed = append(missed, rspamdTargets(w, get)...)
 	memoryTarget(w, dir)
 	w.p("")
 	if len(missed) > 0 {
