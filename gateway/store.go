@@ -2,7 +2,7 @@ package gateway
 
 import (
 	"bufio"
-	"encoding/binary"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -31,12 +31,13 @@ func newBudget(max int64) *budget {
 //
 // The file part is indexed so that any line can be found without reading
 // the file from its start (which made a large spilled header quadratic):
-// the length of each line as a varint (one byte for a line shorter than 128
-// bytes, three at most for smtpd's 64 KiB line limit) and, every
-// markEvery lines, the file offset reached. Lines are read through a
-// window of the file, so reading lines in order (as parse, the header
-// values, the body and emit all do) reads the file once per pass, in large
-// pieces.
+// every markEvery lines, the file offset reached. A line's end is its
+// '\n', found in a window of the file, so the index costs an offset per
+// markEvery lines and nothing per line: 1,000 sessions of 10 MB messages
+// of short lines are about 130 million spilled lines, and even a byte of
+// index per line held in memory would be 130 MB. Lines are read through
+// the window, so reading lines in order (as parse, the header values,
+// the body and emit all do) reads the file once per pass, in large pieces.
 type lineStore struct {
 	mem     []byte
 	memEnds []int32 // end of each in-memory line in mem
@@ -47,16 +48,15 @@ type lineStore struct {
 	file      *os.File
 	w         *bufio.Writer
 	fileLines int
-	fileSize  int64      // bytes written to the file, line ends included
-	lens      []byte     // varint length of each file line
-	marks     []fileMark // where file line k*markEvery starts
-	dataSize  int64      // bytes of all lines, without line ends
+	fileSize  int64   // bytes written to the file, line ends included
+	marks     []int64 // the file offset where line k*markEvery starts
+	dataSize  int64   // bytes of all lines, without line ends
 
 	win    []byte // a window of the file, for reading lines back
 	winOff int64  // file offset of win[0]
-	cur    fileMark
-	curLn  int // the file line cur points at
-	fills  int // window reads so far: what keeps the reading linear, for tests
+	cur    int64  // the file offset where line curLn starts
+	curLn  int    // the file line cur points at
+	fills  int    // window reads so far: what keeps the reading linear, for tests
 
 	// err is set when a spilled line could not be written or read back:
 	// the message is then incomplete and must not be delivered.
@@ -66,15 +66,8 @@ type lineStore struct {
 	spillFailed error
 }
 
-// fileMark is a place in the file: the offset where a line starts and the
-// position of its length in lens.
-type fileMark struct {
-	off  int64
-	lpos int
-}
-
 const (
-	markEvery = 64       // file lines per mark: 16 bytes of marks per 64 lines
+	markEvery = 64       // file lines per mark: 8 bytes of index per 64 lines
 	winSize   = 64 << 10 // bytes read from the file at a time
 )
 
@@ -124,9 +117,8 @@ func (s *lineStore) add(line string) {
 		return
 	}
 	if s.fileLines%markEvery == 0 {
-		s.marks = append(s.marks, fileMark{off: s.fileSize, lpos: len(s.lens)})
+		s.marks = append(s.marks, s.fileSize)
 	}
-	s.lens = binary.AppendUvarint(s.lens, uint64(len(line)))
 	s.fileSize += int64(len(line)) + 1
 	s.fileLines++
 }
@@ -160,7 +152,7 @@ func (s *lineStore) fail(err error) {
 
 // fileLine returns the file's line j. Its place comes from the cursor left
 // by the previous call when j is at most a mark ahead of it, otherwise
-// from the mark before j: never more than 2*markEvery lengths are decoded.
+// from the mark before j: never more than 2*markEvery lines are skipped.
 func (s *lineStore) fileLine(j int) []byte {
 	if s.file == nil || s.err != nil || j < 0 || j >= s.fileLines {
 		return nil
@@ -174,29 +166,47 @@ func (s *lineStore) fileLine(j int) []byte {
 	if j < s.curLn || j-s.curLn > markEvery {
 		s.cur, s.curLn = s.marks[j/markEvery], j/markEvery*markEvery
 	}
-	for ; s.curLn < j; s.curLn++ {
-		n, k := binary.Uvarint(s.lens[s.cur.lpos:])
-		s.cur.off += int64(n) + 1
-		s.cur.lpos += k
+	for {
+		l := s.lineAt(s.cur)
+		if l == nil {
+			return nil
+		}
+		s.cur += int64(len(l))
+		s.curLn++
+		if s.curLn > j {
+			return l[:len(l)-1]
+		}
 	}
-	n64, k := binary.Uvarint(s.lens[s.cur.lpos:])
-	off, n := s.cur.off, int(n64)
-	s.cur.off += int64(n) + 1
-	s.cur.lpos += k
-	s.curLn++
-	if off < s.winOff || off+int64(n) > s.winOff+int64(len(s.win)) {
+}
+
+// lineAt returns the line that starts at file offset off, with its '\n',
+// from the window; it reads the window again from off when the line is
+// not all in it, with room for the whole line (smtpd's lines are bounded,
+// and the file was written by this store: a line with no '\n' before the
+// end of the file is a read error).
+func (s *lineStore) lineAt(off int64) []byte {
+	for n := winSize; ; n *= 2 {
+		if off >= s.winOff && off < s.winOff+int64(len(s.win)) {
+			rest := s.win[off-s.winOff:]
+			if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+				return rest[:i+1]
+			}
+			if s.winOff+int64(len(s.win)) >= s.fileSize {
+				s.fail(io.ErrUnexpectedEOF)
+				return nil
+			}
+			n = max(n, 2*len(rest))
+		}
 		if !s.fill(off, n) {
 			return nil
 		}
 	}
-	start := int(off - s.winOff)
-	return s.win[start : start+n]
 }
 
-// fill reads the window from off on: at least n bytes, winSize if the
-// file has them.
+// fill reads the window from off on: n bytes, or what the file has from
+// off on if that is less.
 func (s *lineStore) fill(off int64, n int) bool {
-	want := int(min(int64(max(n, winSize)), s.fileSize-off))
+	want := int(min(int64(n), s.fileSize-off))
 	if cap(s.win) < want {
 		putBuf(s.win)
 		s.win = getBuf(want)
@@ -232,7 +242,7 @@ func (s *lineStore) release() {
 	s.b.used.Add(-int64(len(s.mem)))
 	putBuf(s.mem)
 	putBuf(s.win)
-	s.mem, s.win, s.lens, s.marks = nil, nil, nil, nil
+	s.mem, s.win, s.marks = nil, nil, nil
 	if s.file != nil {
 		_ = s.file.Close()
 		s.file = nil

@@ -169,7 +169,7 @@ func TestSpilledLinesInAnyOrder(t *testing.T) {
 	if st.err != nil {
 		t.Fatal(st.err)
 	}
-	if idx := len(st.lens) + 16*len(st.marks); idx > 3*st.fileLines {
+	if idx := 8 * len(st.marks); idx > st.fileLines/4 {
 		t.Errorf("the index of %d lines takes %d bytes", st.fileLines, idx)
 	}
 }
