@@ -68,7 +68,7 @@ type lineStore struct {
 
 const (
 	markEvery = 64       // file lines per mark: 8 bytes of index per 64 lines
-	winSize   = 64 << 10 // bytes read from the file at a time
+	winSize   = 32 << 10 // bytes read from the file at a time: held by every session reading a spilled message back
 )
 
 // fits reports whether n more bytes may stay in memory for a store that
