@@ -224,7 +224,7 @@ func report(dir, out string) error {
 		"the shared Debian bookworm VM", m["date"], m["nproc"], m["cpu"], m["mem"], m["kernel"], m["debian"])
 	w.p("Commit %s%s, %s. Peers: OpenSMTPD %s, opendkim %s, libmilter %s, opensmtpd-filter-dkimsign %s, Postfix %s (`dpkg -x`).",
 		m["commit"], dirtyNote(m["dirty"]), m["go"], m["opensmtpd"], m["opendkim"], m["libmilter"], m["dkimsign"], m["postfix"])
-	w.p("The whole run took %s minutes. Load average at the end: %s. Other programs share the machine's CPUs, so treat single figures as ±10–20 %%; the ratios compare medians of runs interleaved in the same session.",
+	w.p("The whole run took %s minutes. Load average at the end: %s. Figures vary by machine and hour (other programs share this machine's CPUs; treat a single figure as ±10–20 %%): only ratios between figures of one run compare, and the ratios here are of medians of runs interleaved in this run.",
 		m["minutes"], m["load"])
 	w.p("")
 	w.p("    %s    # %s", strings.TrimSpace(m["command"]), m["settings"])
