@@ -58,7 +58,7 @@ type session struct {
 
 	out        []byte       // lines for smtpd not yet handed to the writer
 	size       int          // bytes of the message's data lines, for the observer
-	chunk      []byte       // the body chunk buffer of the message in hand
+	chunk      []byte       // reused body chunk buffer (dropped with a message that went to disk)
 	lastActive atomic.Int64 // when smtpd and the session last exchanged a line (unix ns)
 	// busy: the session is handling lines smtpd sent, so smtpd may be
 	// waiting for its answer however long the milters take (up to
