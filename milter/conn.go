@@ -39,8 +39,8 @@ var ErrPacketTooLarge = errors.New("milter packet length out of range")
 //   - Protocol checks, as Postfix's milter8.c makes them (replies.go): a
 //     reply code the phase does not allow (PROGRESS anywhere but end of
 //     message, a modification outside it, one the milter did not
-//     negotiate), a NUL inside a header modification, bytes waiting
-//     before a command is sent (quiet).
+//     negotiate), a NUL inside a header modification; and, a step beyond
+//     milter8.c, bytes waiting before a command is sent (quiet).
 //   - End of message bounds: the whole of it is capped at EOMTimeout
 //     whatever PROGRESS says, and its modifications at a count and a
 //     number of bytes, checked on each packet's header before its payload
@@ -495,10 +495,12 @@ func (e *bodyWriteError) Error() string { return "writing the replacement body: 
 func (e *bodyWriteError) Unwrap() error { return e.err }
 
 // quiet fails when the milter has sent anything that no command asked
-// for: a second reply to the last command, or bytes out of turn. Postfix
-// (milter8.c, before each event) treats that as a protocol error rather
-// than take the bytes for the answer to the next command. Call it before
-// each command is written. conn's own fake packets are not the milter's:
+// for: a second reply to the last command, or bytes out of turn, which
+// would otherwise be taken for the answer to the next command. Postfix's
+// milter8.c checks the bytes inside a reply packet (a reply "followed by
+// data bytes" is a protocol error) but not between replies; this check
+// goes one step further, for one recv(2) with MSG_PEEK per command. Call it
+// before each command is written. conn's own fake packets are not the milter's:
 // they are consumed before any command is sent.
 func (c *conn) quiet() error {
 	if n := c.r.Buffered(); n > 0 {
