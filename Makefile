@@ -74,7 +74,8 @@ bench-smoke:
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./...
 
 # End-to-end and pipe measurements against OpenSMTPD's native filters and
-# Postfix; writes docs/benchmarks.md (about 7 minutes).
+# Postfix, filter-rspamd against filter-milter + rspamd, the limit of a
+# milter bridge; writes docs/benchmarks.md (about 26 minutes on 2 CPUs).
 bench: deps
 	BENCH_OUT=$(CURDIR)/docs/benchmarks.md ./integration/bench/bench.sh
 

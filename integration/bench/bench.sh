@@ -1,7 +1,7 @@
 #!/bin/bash
 # integration/bench/bench.sh — filter-milter's performance measurements, written
 # to docs/benchmarks.md. Run as root on Debian bookworm, from the repository
-# (make bench). About 20-25 minutes. It installs what it needs with apt-get
+# (make bench). About 26 minutes on 2 CPUs. It installs what it needs with apt-get
 # (libmilter-dev, opensmtpd-filter-dkimsign, rspamd,
 # opensmtpd-filter-rspamd) and unpacks Postfix with
 # `apt-get download postfix` + `dpkg -x` into its work directory (the
