@@ -20,13 +20,6 @@ import (
 // is woken once (the protocol.Reader's OnRead hook). Under load a read
 // brings many lines for a session, and the session handles them in one go
 // (and writes its answers in one batch) instead of being woken for each.
-//
-// Only a line smtpd waits on wakes its session: a request (its answer is
-// due) and link-disconnect (the session ends). Any other report only
-// feeds macros and state for the session's next request, which comes
-// after it on the same pipe, so it waits in the queue for that request:
-// smtpd sends about as many reports as requests, and a wake-up for each
-// was a thread wake-up for nothing.
 type reader struct {
 	g      *Gateway
 	lines  *protocol.Reader
@@ -41,7 +34,7 @@ type reader struct {
 
 // inbound is the part of a session that its reader owns.
 type inbound struct {
-	queued bool   // a line that wakes it was queued since it was last woken
+	queued bool   // lines queued since the session was last woken
 	token  string // the token of the last data line: one copy per message
 }
 
@@ -113,7 +106,7 @@ func (r *reader) dispatch(id string, raw []byte, l *protocol.Line, last bool) {
 		t.lineIn(raw)
 	}
 	lc := *l
-	r.queue(s, item{line: &lc}, l.Kind == protocol.KindRequest || last)
+	r.queue(s, item{line: &lc})
 	if last {
 		s.interrupt()
 	}
@@ -137,15 +130,14 @@ func (r *reader) dataLine(raw []byte, d *protocol.DataLine) {
 	if t := s.trace.Load(); t != nil {
 		t.dataLine("filter line in", raw, len(d.Param))
 	}
-	r.queue(s, item{version: d.Version, token: s.in.token, param: r.arena.String(d.Param)}, true)
+	r.queue(s, item{version: d.Version, token: s.in.token, param: r.arena.String(d.Param)})
 }
 
-// queue hands an item to its session; with wake, the session is woken
-// before the next read.
-func (r *reader) queue(s *session, it item, wake bool) {
+// queue hands an item to its session, to be woken before the next read.
+func (r *reader) queue(s *session, it item) {
 	s.lastActive.Store(r.now)
 	s.q.add(it)
-	if wake && !s.in.queued {
+	if !s.in.queued {
 		s.in.queued = true
 		r.toWake = append(r.toWake, s)
 	}
