@@ -47,6 +47,11 @@ type e2eRun struct {
 	FilterVcsw     int64 `json:"filter_vcsw"`
 	Threads0       int   `json:"filter_threads0"`
 	Threads1       int   `json:"filter_threads1"`
+	// The rspamd setups' checks (rspamd.sh's rspamd_after): the messages
+	// rspamd's log shows scanned in the run (nil for the other setups),
+	// and whether a queued message carries rspamd's headers.
+	RspamdScanned *int   `json:"rspamd_scanned"`
+	RspamdHeaders string `json:"rspamd_headers"`
 }
 
 var setups = []struct{ id, name string }{
@@ -196,6 +201,17 @@ func verdict(ok bool) string {
 	return "**not met**"
 }
 
+// statsOf gives the medians of a setup at a size, or nil when none of
+// its runs succeeded.
+func statsOf(st map[string]map[int]*e2eStat) func(id string, size int) *e2eStat {
+	return func(id string, size int) *e2eStat {
+		if s := st[id][size]; s != nil && s.ok > 0 {
+			return s
+		}
+		return nil
+	}
+}
+
 func report(dir, out string) error {
 	m := readKV(filepath.Join(dir, "machine.txt"))
 	var runs []e2eRun
@@ -210,12 +226,7 @@ func report(dir, out string) error {
 		f.Close()
 	}
 	st := e2eStats(runs)
-	get := func(id string, size int) *e2eStat {
-		if s := st[id][size]; s != nil && s.ok > 0 {
-			return s
-		}
-		return nil
-	}
+	get := statsOf(st)
 
 	var w mdWriter
 	w.p("# filter-milter performance")
@@ -289,7 +300,7 @@ func report(dir, out string) error {
 		}
 		w.p("")
 	}
-	rspamdSection(&w, dir, get)
+	rspamdSection(&w, runs, get)
 	if b, err := os.ReadFile(filepath.Join(dir, "e2e-log-trouble.txt")); err == nil && len(strings.TrimSpace(string(b))) > 0 {
 		w.p("Lines of the MTA logs that mention an error or warning (first 20):")
 		w.p("")

@@ -5,12 +5,8 @@ package main
 // worker as a milter, self_scan), started by integration/bench/rspamd.sh.
 
 import (
-	"bufio"
-	"encoding/json"
 	"fmt"
 	"math"
-	"os"
-	"path/filepath"
 	"strings"
 )
 
@@ -18,31 +14,15 @@ import (
 // many times the messages/s of filter-rspamd + rspamd.
 const rspamdTarget = 1.2
 
-// rspamdRun is what rspamd.sh's rspamd_after adds to an e2e.jsonl line.
-type rspamdRun struct {
-	ID      string `json:"id"`
-	Size    int    `json:"size"`
-	Count   int    `json:"count"`
-	Scanned *int   `json:"rspamd_scanned"`
-	Headers string `json:"rspamd_headers"`
-}
-
 // rspamdCheck sums up the per-run checks of one setup at one size.
 type rspamdCheck struct {
 	runs, scannedAll, headers int
 }
 
-func readRspamdChecks(dir string) map[string]map[int]*rspamdCheck {
+func rspamdChecks(runs []e2eRun) map[string]map[int]*rspamdCheck {
 	out := map[string]map[int]*rspamdCheck{}
-	f, err := os.Open(filepath.Join(dir, "e2e.jsonl"))
-	if err != nil {
-		return out
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		var r rspamdRun
-		if json.Unmarshal(sc.Bytes(), &r) != nil || r.Scanned == nil {
+	for _, r := range runs {
+		if r.RspamdScanned == nil {
 			continue
 		}
 		if out[r.ID] == nil {
@@ -54,10 +34,10 @@ func readRspamdChecks(dir string) map[string]map[int]*rspamdCheck {
 			out[r.ID][r.Size] = c
 		}
 		c.runs++
-		if *r.Scanned >= r.Count {
+		if *r.RspamdScanned >= r.Count {
 			c.scannedAll++
 		}
-		if r.Headers == "yes" {
+		if r.RspamdHeaders == "yes" {
 			c.headers++
 		}
 	}
@@ -92,8 +72,8 @@ func rspamdTargets(w *mdWriter, get func(id string, size int) *e2eStat) (missed 
 }
 
 // rspamdSection is the end-to-end subsection of the two rspamd setups.
-func rspamdSection(w *mdWriter, dir string, get func(id string, size int) *e2eStat) {
-	checks := readRspamdChecks(dir)
+func rspamdSection(w *mdWriter, runs []e2eRun, get func(id string, size int) *e2eStat) {
+	checks := rspamdChecks(runs)
 	if len(checks) == 0 && get("R", 2048) == nil && get("Rm", 2048) == nil && get("R", 102400) == nil && get("Rm", 102400) == nil {
 		return // neither setup ran
 	}

@@ -2,8 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -18,10 +16,6 @@ func TestRspamdRows(t *testing.T) {
 		`{"id":"Rm","size":2048,"count":600,"rep":2,"ns":3000000000,"srv_cpu_ns":1800000000,"milter_cpu_ns":1200000000,"filter_cpu_ns":300000000,"error":"rspamd scanned 599 of 600 messages","rspamd_scanned":599,"rspamd_headers":"yes"}`,
 		`{"id":"M","size":2048,"count":600,"rep":1,"ns":1000000000,"srv_cpu_ns":600000000,"milter_cpu_ns":100000000,"filter_cpu_ns":300000000,"error":""}`,
 	}
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "e2e.jsonl"), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	var runs []e2eRun
 	for _, l := range lines {
 		var r e2eRun
@@ -30,16 +24,10 @@ func TestRspamdRows(t *testing.T) {
 		}
 		runs = append(runs, r)
 	}
-	st := e2eStats(runs)
-	get := func(id string, size int) *e2eStat {
-		if s := st[id][size]; s != nil && s.ok > 0 {
-			return s
-		}
-		return nil
-	}
+	get := statsOf(e2eStats(runs))
 	var w mdWriter
 	rspamdTargets(&w, get)
-	rspamdSection(&w, dir, get)
+	rspamdSection(&w, runs, get)
 	got := w.b.String()
 	for _, want := range []string{
 		// 200 vs 150 msgs/s; MTA = srv - filter: 3.00 - 0.50, 4.00 - 1.00
